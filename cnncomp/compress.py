@@ -1,0 +1,311 @@
+"""Linear and Conv2d weights stored as a few coefficients in a transform domain.
+
+A weight W (n_1 × … × n_d) is parametrized as W = K ×_1 B_1ᵀ … ×_d B_dᵀ (mode products, orthonormal
+bases from `cnncomp.transforms`; axes not transformed use I). Only the coefficients picked by the
+selection rule are parameters, so the state_dict holds just those (plus the mask of a non-block
+selection). Implemented as a `torch.nn.utils.parametrize` parametrization: the module keeps its
+class, its `weight` is computed from the coefficients on access.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from cnncomp import transforms
+
+SELECTIONS = ("block", "triangle", "magnitude", "random")
+INITS = ("variance", "project")
+OPTIONS = ("wavelet", "seed")
+AXIS_NAMES = {nn.Linear: ("out", "in"), nn.Conv2d: ("out", "in", "kh", "kw")}
+
+
+@dataclass
+class LayerSummary:
+    """What one compressed layer stores; `notes` says where the request could not be met as asked."""
+
+    shape: tuple[int, ...]
+    kernel: str
+    selection: str
+    keep: float
+    achieved_keep: float
+    axes: tuple[str, ...]
+    block: tuple[int, ...] | None
+    dense_params: int
+    stored_params: int
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mode_product(x: torch.Tensor, m: torch.Tensor, axis: int) -> torch.Tensor:
+    """x ×_axis mᵀ for m of shape (p, q): contracts x's axis (size p) into size q."""
+    return torch.movedim(torch.tensordot(x, m, dims=([axis], [0])), -1, axis)
+
+
+class TransformWeight(nn.Module):
+    """Parametrization W = K ×_a B_aᵀ. Block: K is the low-frequency block itself and each basis
+    buffer holds only its first k_a rows. Mask: K is the vector of kept coefficients, scattered
+    into the full tensor by the persistent boolean `mask`."""
+
+    def __init__(self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], mask: torch.Tensor | None):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.axes = tuple(sorted(bases))
+        for axis, b in bases.items():
+            self.register_buffer(f"basis{axis}", b, persistent=False)  # (k_a, n_a)
+        if mask is None:
+            self.mask = None
+        else:
+            self.register_buffer("mask", mask)
+
+    def basis(self, axis: int) -> torch.Tensor:
+        return getattr(self, f"basis{axis}")
+
+    def coefficient_shape(self) -> tuple[int, ...]:
+        return tuple(self.basis(a).shape[0] if a in self.axes else n for a, n in enumerate(self.shape))
+
+    def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            coeffs = coeffs.new_zeros(self.shape).masked_scatter(self.mask, coeffs)
+        # expand the axes with the smallest growth first: the intermediate tensors stay small
+        for axis in sorted(self.axes, key=lambda a: self.basis(a).shape[1] / self.basis(a).shape[0]):
+            coeffs = _mode_product(coeffs, self.basis(axis).to(coeffs.dtype), axis)
+        return coeffs
+
+    @torch.no_grad()
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """Orthogonal projection of a dense weight onto the stored coefficients."""
+        coeffs = weight
+        for axis in self.axes:
+            coeffs = _mode_product(coeffs, self.basis(axis).to(weight.dtype).T, axis)
+        return coeffs if self.mask is None else coeffs[self.mask]
+
+
+def block_sizes(sizes: list[int], keep: float) -> list[int]:
+    """Per-axis block sizes k_a ≤ n_a with Π k_a / Π n_a as close to `keep` as integers allow.
+
+    Among the sizes within 1 % (relative) of the best achievable fraction, the most balanced one
+    wins: every axis then keeps about keep^(1/d) of its frequencies.
+    """
+    if not sizes:
+        return []
+    big = int(np.argmax(sizes))
+    others = [np.arange(1, n + 1) for a, n in enumerate(sizes) if a != big]
+    grid = np.stack(np.meshgrid(*others, indexing="ij"), -1).reshape(-1, len(others)) if others else None
+    rest = grid.prod(1) if grid is not None else np.ones(1)
+    total = math.prod(sizes)
+    k_big = np.clip(np.rint(keep * total / rest), 1, sizes[big])
+    err = np.abs(rest * k_big / total / keep - 1)
+    ks = np.insert(grid, big, k_big, axis=1) if grid is not None else k_big[:, None]
+    imbalance = ((np.log(ks / np.array(sizes)) - math.log(keep) / len(sizes)) ** 2).sum(1)
+    ok = err <= err.min() + 0.01
+    best = np.flatnonzero(ok)[np.argmin(imbalance[ok])]
+    return [int(k) for k in ks[best]]
+
+
+def _resolve_axes(module: nn.Module, axes) -> tuple[int, ...]:
+    names = AXIS_NAMES[_layer_type(module)]
+    if axes is None or axes == "all":
+        return tuple(range(len(names)))
+    if isinstance(axes, str):
+        axes = [a.strip() for a in axes.split(",")]
+    chosen = []
+    for a in axes:
+        if a not in names:
+            raise ValueError(
+                f"axis {a!r} is not an axis of {type(module).__name__}; allowed: {', '.join(names)}"
+            )
+        chosen.append(names.index(a))
+    if not chosen:
+        raise ValueError(f"axes must name at least one axis; allowed: {', '.join(names)}")
+    return tuple(sorted(set(chosen)))
+
+
+def _layer_type(module: nn.Module) -> type:
+    for cls in AXIS_NAMES:
+        if isinstance(module, cls):
+            return cls
+    raise ValueError(
+        f"cannot compress a {type(module).__name__}; allowed layer types: "
+        f"{', '.join(c.__name__ for c in AXIS_NAMES)}"
+    )
+
+
+def _check(module: nn.Module, kernel: str, keep: float, selection: str, init: str, opts: dict) -> None:
+    _layer_type(module)
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise ValueError(
+            f"Conv2d with groups={module.groups} is not supported (allowed: groups=1); "
+            "compress_model leaves grouped convolutions dense and says so in its summary"
+        )
+    if parametrize.is_parametrized(module, "weight"):
+        raise ValueError(f"{type(module).__name__} weight is already parametrized; compress a dense module")
+    if kernel not in transforms.KINDS:
+        raise ValueError(f"unknown kernel {kernel!r}; allowed: {', '.join(transforms.KINDS)}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; allowed: {', '.join(SELECTIONS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(OPTIONS)}")
+    if kernel == "wavelet":
+        transforms.basis("wavelet", 1, wavelet=opts.get("wavelet", "haar"))  # validates the wavelet name
+
+
+def _mask(
+    selection: str, shape: tuple[int, ...], axes: tuple[int, ...], keep: float, full: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """Boolean mask of the kept coefficients for the non-block selections."""
+    numel = math.prod(shape)
+    if selection == "triangle":
+        # zonal set Σ_a i_a/n_a < τ over the transformed axes (Harmonic networks); every
+        # untransformed entry shares its frequency's fate
+        grid = [shape[a] for a in axes]
+        score = sum(
+            (torch.arange(n, dtype=torch.float64) / n).reshape(
+                [-1 if i == j else 1 for j in range(len(grid))]
+            )
+            for i, n in enumerate(grid)
+        ).flatten()
+        m = max(1, round(keep * score.numel()))
+        zone = torch.zeros(score.numel(), dtype=torch.bool)
+        zone[torch.argsort(score, stable=True)[:m]] = True
+        view = [shape[a] if a in axes else 1 for a in range(len(shape))]
+        return zone.reshape(view).expand(shape).contiguous()
+    m = max(1, round(keep * numel))
+    if selection == "magnitude":
+        order = torch.argsort(full.abs().flatten(), descending=True, stable=True)
+    else:  # random: a fixed subset (DCT-Conv, Checinski et al. 2019)
+        order = torch.randperm(numel, generator=torch.Generator().manual_seed(seed))
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[order[:m]] = True
+    return mask.reshape(shape)
+
+
+def compress_module(
+    module: nn.Module,
+    *,
+    kernel: str,
+    keep: float,
+    selection: str = "block",
+    axes: str | list[str] | tuple[str, ...] | None = None,
+    init: str = "variance",
+    **opts,
+) -> nn.Module:
+    """Store `module.weight` as `keep` of its coefficients in the `kernel` basis; returns the module.
+
+    kernel: identity, dct, dst, dft or wavelet (opts: wavelet="haar"|"db2"|…); selection: block
+    (low-frequency block), triangle (zonal), magnitude (largest projected coefficients) or random
+    (opts: seed). axes: subset of ("out", "in") for Linear, ("out", "in", "kh", "kw") for Conv2d.
+    init="variance" draws K ~ N(0, Var(W₀)/ρ) (ρ = achieved keep) so that W keeps the variance of
+    the dense init; init="project" starts from the projection of the current weight.
+    """
+    _check(module, kernel, keep, selection, init, opts)
+    weight = module.weight.detach()
+    shape = tuple(weight.shape)
+    names = AXIS_NAMES[_layer_type(module)]
+    notes: list[str] = []
+    axes_idx = _resolve_axes(module, axes)
+    if kernel == "wavelet":
+        wavelet = opts.get("wavelet", "haar")
+        flat = [a for a in axes_idx if transforms.wavelet_level(shape[a], wavelet) == 0]
+        notes += [f"{names[a]}: {wavelet} cannot decompose n={shape[a]}, axis left as identity" for a in flat]
+        axes_idx = tuple(a for a in axes_idx if a not in flat)
+
+    def full_basis(axis: int) -> torch.Tensor:
+        b = transforms.basis(kernel, shape[axis], wavelet=opts.get("wavelet", "haar"), device=weight.device)
+        return b.to(weight.dtype)
+
+    block = None
+    if selection == "block":
+        block = tuple(block_sizes([shape[a] for a in axes_idx], keep))
+        bases = {a: full_basis(a)[:k] for a, k in zip(axes_idx, block, strict=True)}
+        mask = None
+    else:
+        bases = {a: full_basis(a) for a in axes_idx}
+        projected = TransformWeight(shape, bases, None).right_inverse(weight)
+        mask = _mask(selection, shape, axes_idx, keep, projected.cpu(), opts.get("seed", 0)).to(weight.device)
+
+    param = TransformWeight(shape, bases, mask)
+    parametrize.register_parametrization(module, "weight", param, unsafe=True)
+    coeffs = module.parametrizations.weight.original
+    stored = coeffs.numel()
+    achieved = stored / weight.numel()
+    if init == "variance":
+        with torch.no_grad():
+            coeffs.normal_(0.0, float(weight.float().std()) / math.sqrt(achieved))
+    if selection != "block" and abs(achieved / keep - 1) > 0.1:
+        notes.append(f"achieved keep {achieved:.4g} is far from {keep} ({selection} on {shape})")
+    param.summary = LayerSummary(
+        shape=shape,
+        kernel=kernel,
+        selection=selection,
+        keep=float(keep),
+        achieved_keep=achieved,
+        axes=tuple(names[a] for a in axes_idx),
+        block=block,
+        dense_params=weight.numel(),
+        stored_params=stored,
+        notes=notes,
+    )
+    return module
+
+
+def layer_summary(module: nn.Module) -> LayerSummary | None:
+    """The summary of a module compressed by `compress_module`, else None."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p.summary for p in module.parametrizations.weight if isinstance(p, TransformWeight)), None)
+
+
+def stored_params(model: nn.Module) -> int:
+    """Numbers a state_dict of `model` holds: every floating-point tensor (coefficients, biases,
+    norm statistics), not the boolean masks (see `index_bits`) nor the non-persistent bases."""
+    return sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _dense_layer(module: nn.Module) -> nn.Module:
+    weight = module.weight.detach()
+    kw = {"bias": module.bias is not None, "device": weight.device, "dtype": weight.dtype}
+    if isinstance(module, nn.Conv2d):
+        dense = nn.Conv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, padding_mode=module.padding_mode, **kw,
+        )  # fmt: skip
+    else:
+        dense = nn.Linear(module.in_features, module.out_features, **kw)
+    with torch.no_grad():
+        dense.weight.copy_(weight)
+        if module.bias is not None:
+            dense.bias.copy_(module.bias)
+    dense.train(module.training)
+    return dense
+
+
+@torch.no_grad()
+def fold(model: nn.Module) -> nn.Module:
+    """A plain dense model with the same outputs, built fresh: each compressed layer becomes a new
+    nn.Linear/nn.Conv2d holding its reconstructed weight, every other module a shallow copy with
+    cloned tensors. `model` is left untouched."""
+    if parametrize.is_parametrized(model, "weight"):
+        return _dense_layer(model)
+    new = copy.copy(model)
+    new._parameters = {
+        k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+        for k, p in model._parameters.items()
+    }
+    new._buffers = {k: None if b is None else b.clone() for k, b in model._buffers.items()}
+    new._non_persistent_buffers_set = set(model._non_persistent_buffers_set)
+    new._modules = {k: None if m is None else fold(m) for k, m in model._modules.items()}
+    return new

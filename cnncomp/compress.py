@@ -139,15 +139,8 @@ def _layer_type(module: nn.Module) -> type:
     )
 
 
-def _check(module: nn.Module, kernel: str, keep: float, selection: str, init: str, opts: dict) -> None:
-    _layer_type(module)
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ValueError(
-            f"Conv2d with groups={module.groups} is not supported (allowed: groups=1); "
-            "compress_model leaves grouped convolutions dense and says so in its summary"
-        )
-    if parametrize.is_parametrized(module, "weight"):
-        raise ValueError(f"{type(module).__name__} weight is already parametrized; compress a dense module")
+def check_options(kernel: str, keep: float, selection: str = "block", init: str = "variance", **opts) -> None:
+    """Raise ValueError (naming the bad value and the allowed ones) for options compress_module rejects."""
     if kernel not in transforms.KINDS:
         raise ValueError(f"unknown kernel {kernel!r}; allowed: {', '.join(transforms.KINDS)}")
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
@@ -161,6 +154,17 @@ def _check(module: nn.Module, kernel: str, keep: float, selection: str, init: st
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(OPTIONS)}")
     if kernel == "wavelet":
         transforms.basis("wavelet", 1, wavelet=opts.get("wavelet", "haar"))  # validates the wavelet name
+
+
+def _check_module(module: nn.Module) -> None:
+    _layer_type(module)
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise ValueError(
+            f"Conv2d with groups={module.groups} is not supported (allowed: groups=1); "
+            "compress_model leaves grouped convolutions dense and says so in its summary"
+        )
+    if parametrize.is_parametrized(module, "weight"):
+        raise ValueError(f"{type(module).__name__} weight is already parametrized; compress a dense module")
 
 
 def _mask(
@@ -211,7 +215,8 @@ def compress_module(
     init="variance" draws K ~ N(0, Var(W₀)/ρ) (ρ = achieved keep) so that W keeps the variance of
     the dense init; init="project" starts from the projection of the current weight.
     """
-    _check(module, kernel, keep, selection, init, opts)
+    _check_module(module)
+    check_options(kernel, keep, selection, init, **opts)
     weight = module.weight.detach()
     shape = tuple(weight.shape)
     names = AXIS_NAMES[_layer_type(module)]

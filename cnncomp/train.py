@@ -1,0 +1,351 @@
+"""The training app: `python -m cnncomp.train model=alexnet kernel=dst layers=conv`.
+
+`main` is a thin @hydra.main; `train(cfg)` does the work and returns the run record, which is also
+written to `<job dir>/result.json` on every ending (completed, failed, diverged, interrupted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from cnncomp import atomic, engine
+from cnncomp.compress import check_options, fold, stored_params
+from cnncomp.data import DataNotFoundError, build_data, list_datasets
+from cnncomp.loggers import LOGGERS, build_loggers
+from cnncomp.measure import count_macs, state_dict_bytes
+from cnncomp.models import build_model, list_models
+from cnncomp.record import config_hash, environment, redact
+from cnncomp.surgery import KERNELS, compress_model, format_summary, layer_types
+
+log = logging.getLogger("cnncomp")
+EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
+
+
+class ConfigError(ValueError):
+    """A config value cnncomp cannot run with; the message names it and the allowed values."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; the run stops and records status `interrupted`."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_config(c: dict[str, Any]) -> None:
+    """Reject bad values before anything is loaded or trained."""
+    t = c["trainer"]
+    for key in ("max_epochs", "batch_size"):
+        _require(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 1,
+                 f"trainer.{key} must be an integer >= 1, got {t[key]!r}")  # fmt: skip
+    for key in ("limit_train_batches", "limit_eval_batches"):
+        _require(t[key] is None or (isinstance(t[key], int) and t[key] >= 1),
+                 f"trainer.{key} must be null or an integer >= 1, got {t[key]!r}")  # fmt: skip
+    _require(isinstance(t["lr"], (int, float)) and t["lr"] > 0, f"trainer.lr must be > 0, got {t['lr']!r}")
+    _require(isinstance(t["val_fraction"], (int, float)) and 0 <= t["val_fraction"] < 1,
+             f"trainer.val_fraction must be in [0, 1), got {t['val_fraction']!r}")  # fmt: skip
+    choices = {"optimizer": engine.OPTIMIZERS, "schedule": engine.SCHEDULES, "precision": engine.PRECISIONS,
+               "device": ("auto", "cpu", "cuda")}  # fmt: skip
+    for key, allowed in choices.items():
+        _require(
+            str(t[key]) in allowed, f"trainer.{key}={t[key]!r} is not allowed; allowed: {', '.join(allowed)}"
+        )
+    _require(c["model"]["name"] in list_models(),
+             f"unknown model {c['model']['name']!r}; allowed: {', '.join(list_models())}")  # fmt: skip
+    _require(c["dataset"]["name"] in list_datasets(),
+             f"unknown dataset {c['dataset']['name']!r}; allowed: {', '.join(list_datasets())}")  # fmt: skip
+    _require(
+        c["logger"]["name"] in LOGGERS,
+        f"unknown logger {c['logger']['name']!r}; allowed: {', '.join(LOGGERS)}",
+    )
+    k = c["kernel"]
+    _require(k["name"] in KERNELS, f"unknown kernel {k['name']!r}; allowed: {', '.join(KERNELS)}")
+    try:
+        layer_types(c["layers"]["name"])
+        if k["name"] != "none":
+            check_options(k["name"], k["keep"], k["selection"], k["init"], **_kernel_opts(k))
+    except ValueError as err:
+        raise ConfigError(f"kernel/layers: {err}") from None
+
+
+def _kernel_opts(k: dict[str, Any]) -> dict[str, Any]:
+    opts = {"seed": k["seed"]}
+    if k["name"] == "wavelet":
+        opts["wavelet"] = k["wavelet"]
+    return opts
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto"
+        )
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """Turn SIGTERM/SIGINT into `Interrupted` for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if enabled:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+def _hydra_context(run_dir: Path | None) -> tuple[Path, list[str], str | None, str]:
+    """Job dir, overrides, wandb group (the sweep) and a run name, from Hydra when it runs us."""
+    if not HydraConfig.initialized():
+        if run_dir is None:
+            raise ValueError("train(cfg) outside a Hydra app needs run_dir")
+        return Path(run_dir), [], None, Path(run_dir).name
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return (
+        Path(run_dir or hc.runtime.output_dir),
+        list(hc.overrides.task),
+        Path(hc.sweep.dir).name if multirun else None,
+        hc.job.override_dirname or Path(hc.runtime.output_dir).name,
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and test one configuration; returns the run record (also written to result.json)."""
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    run_dir, overrides, group, name = _hydra_context(None if run_dir is None else Path(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    k = config["kernel"]
+    result: dict[str, Any] = {
+        "status": "failed",
+        "error": None,
+        "overrides": overrides,
+        "config": config,
+        "config_hash": config_hash(config),
+        "run_dir": str(run_dir),
+        "model": config["model"]["name"],
+        "kernel": k["name"],
+        "layers": config["layers"]["name"],
+        "keep": 1.0 if k["name"] == "none" else k["keep"],
+        "selection": None if k["name"] == "none" else k["selection"],
+        "dataset": config["dataset"]["name"],
+        "started_at": datetime.now(timezone.utc).isoformat(),
+    }
+    loggers: list = []
+    with _signals_interrupt():
+        try:
+            check_config(config)
+            device = resolve_device(config["trainer"]["device"])
+            result.update(environment(device))
+            with _deterministic(config["trainer"]["deterministic"]):
+                _run(config, run_dir, device, result, loggers, name=name, group=group)
+        except (Interrupted, KeyboardInterrupt) as err:
+            result["status"], result["error"] = "interrupted", f"interrupted by {err or 'SIGINT'}"
+            log.warning("run interrupted (%s); last.pt holds the last finished epoch", err or "SIGINT")
+        except (ConfigError, DataNotFoundError) as err:
+            result["error"] = str(err)
+            log.error("%s", err)
+        except Exception as err:
+            result["error"] = f"{type(err).__name__}: {err}"
+            log.exception("run failed")
+        finally:
+            result["ended_at"] = datetime.now(timezone.utc).isoformat()
+            atomic.write_json(run_dir / "result.json", result)
+            for logger in loggers:
+                with contextlib.suppress(Exception):
+                    logger.finish(result)
+    _print_summary(result)
+    return result
+
+
+def _checkpoint_meta(config: dict, result: dict, model_args: dict) -> dict[str, Any]:
+    return {"model_args": model_args, "compression": config["kernel"] | {"layers": config["layers"]["name"]},
+            "config": config, "config_hash": result["config_hash"]}  # fmt: skip
+
+
+def _run(config: dict, run_dir: Path, device: torch.device, result: dict, loggers: list, *, name: str,
+         group: str | None) -> None:  # fmt: skip
+    t, k = config["trainer"], config["kernel"]
+    precision = str(t["precision"])
+    torch.manual_seed(t["seed"])
+    dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
+    data = build_data(config["dataset"]["name"], **dataset_opts, batch_size=t["batch_size"],
+                      val_fraction=t["val_fraction"], seed=t["seed"], device=device,
+                      num_workers=t["num_workers"])  # fmt: skip
+    info = data.info
+    model_args = {"name": config["model"]["name"], "num_classes": info.num_classes,
+                  "in_channels": info.in_channels, "image_size": info.image_size}  # fmt: skip
+    model = build_model(model_args["name"], **{a: v for a, v in model_args.items() if a != "name"})
+    result["dense_params"] = stored_params(model)
+    model, summary = compress_model(model, kernel=k["name"], layers=config["layers"]["name"], keep=k["keep"],
+                                    skip_first=k["skip_first"], skip_last=k["skip_last"],
+                                    **({} if k["name"] == "none" else {"selection": k["selection"], "axes": k["axes"],
+                                        "init": k["init"], **_kernel_opts(k)}))  # fmt: skip
+    model.to(device)
+    log.info("%s on %s, %s\n%s", model_args["name"], info.name, device, format_summary(summary))
+    result.update(stored_params=stored_params(model), layers_summary=summary,
+                  macs=count_macs(model, (info.in_channels, info.image_size, info.image_size)))  # fmt: skip
+    result["compression_ratio"] = result["dense_params"] / result["stored_params"]
+
+    steps = min(len(data.train), t["limit_train_batches"] or len(data.train))
+    optimizer = engine.build_optimizer(model, name=t["optimizer"], lr=t["lr"], weight_decay=t["weight_decay"],
+                                       momentum=t["momentum"])  # fmt: skip
+    schedule = engine.build_schedule(
+        optimizer, name=t["schedule"], total_steps=max(1, steps * t["max_epochs"])
+    )
+    meta = _checkpoint_meta(config, result, model_args)
+    state = {"epoch": 0, "history": [], "best": None, "train_time_s": 0.0, "train_images": 0}
+    last = run_dir / "last.pt"
+    if last.exists():
+        state = _resume(last, model, optimizer, schedule, result["config_hash"])
+        log.info("resumed from %s after epoch %d", last, state["epoch"])
+    loggers += build_loggers(config["logger"], run_dir, config, name=name, group=group)
+    has_val = len(data.val) > 0
+    evaluate = {"device": device, "precision": precision, "limit": t["limit_eval_batches"]}
+
+    for epoch in range(state["epoch"] + 1, t["max_epochs"] + 1):
+        data.train.set_epoch(epoch)
+        start = time.perf_counter()
+        with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty()) as bar:
+            fit = engine.train_epoch(model, data.train, optimizer, schedule, device=device, precision=precision,
+                                     limit=t["limit_train_batches"], progress=bar)  # fmt: skip
+        state["train_time_s"] += time.perf_counter() - start
+        state["train_images"] += fit["images"]
+        if not math.isfinite(fit["loss"]):
+            result["status"], result["error"] = "diverged", f"non-finite training loss in epoch {epoch}"
+            log.error("%s", result["error"])
+            return
+        val = engine.evaluate(model, data.val, **evaluate) if has_val else {"loss": None, "acc": None}
+        row = {"epoch": epoch, "train_loss": fit["loss"], "train_acc": fit["acc"], "val_loss": val["loss"],
+               "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+               "epoch_time_s": time.perf_counter() - start}  # fmt: skip
+        state["history"].append(row)
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %s acc %s  (%.1fs)", epoch, t["max_epochs"],
+                 fit["loss"], fit["acc"], _fmt(val["loss"]), _fmt(val["acc"]), row["epoch_time_s"])  # fmt: skip
+        state["epoch"] = epoch
+        if not has_val or state["best"] is None or val["acc"] > state["best"]["val_acc"]:
+            state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"]}
+            atomic.torch_save(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, **meta})
+        atomic.torch_save(last, _checkpoint(model, optimizer, schedule, state, meta))
+        for logger in loggers:
+            logger.log_epoch(state["history"])
+
+    best = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    test = engine.evaluate(model, data.test, **evaluate)
+    result["model_bytes"] = atomic.torch_save(run_dir / "model.pt", model.state_dict())
+    dense = fold(model)
+    result["dense_model_bytes"] = state_dict_bytes(dense.state_dict())
+    if config["save_folded"]:
+        atomic.torch_save(run_dir / "model_folded.pt", dense.state_dict())
+    result.update(
+        status="completed", test_acc=test["acc"], test_loss=test["loss"], best_epoch=state["best"]["epoch"],
+        val_acc=state["best"]["val_acc"], val_loss=state["best"]["val_loss"], epochs_completed=state["epoch"],
+        train_time_s=state["train_time_s"],
+        images_per_s=state["train_images"] / state["train_time_s"] if state["train_time_s"] else None,
+    )  # fmt: skip
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _checkpoint(model, optimizer, schedule, state: dict, meta: dict) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": None if schedule is None else schedule.state_dict(), "rng": rng, "state": state,
+            **meta}  # fmt: skip
+
+
+def _resume(path: Path, model, optimizer, schedule, chash: str) -> dict[str, Any]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["config_hash"] != chash:
+        raise ConfigError(
+            f"{path} holds a checkpoint of another configuration (hash {ckpt['config_hash']}, this run "
+            f"{chash}); it is left untouched: run in a new directory or remove it"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(ckpt["schedule"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return ckpt["state"]
+
+
+def _print_summary(r: dict[str, Any]) -> None:
+    lines = [f"cnncomp: {r['status']}  {r['model']} / {r['kernel']} / layers={r['layers']} / {r['dataset']}"]
+    if r.get("error"):
+        lines.append(f"  error: {r['error']}")
+    if r.get("test_acc") is not None:
+        lines.append(
+            f"  test accuracy {r['test_acc']:.4f}  (best val {_fmt(r['val_acc'])} at epoch {r['best_epoch']})"
+        )
+    if r.get("stored_params"):
+        lines.append(f"  parameters {r['dense_params']:,} dense -> {r['stored_params']:,} stored "
+                     f"({r['compression_ratio']:.2f}x)")  # fmt: skip
+    if r.get("model_bytes"):
+        lines.append(
+            f"  size on disk {r['model_bytes'] / 1024:.1f} KiB (dense {r['dense_model_bytes'] / 1024:.1f} KiB)"
+        )
+    if r.get("train_time_s"):
+        lines.append(
+            f"  train time {r['train_time_s']:.1f}s, {r['images_per_s']:.0f} images/s on {r['device']}"
+        )
+    lines.append(f"  record: {Path(r['run_dir']) / 'result.json'}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    result = train(cfg)
+    if HydraConfig.get().mode == RunMode.RUN and result["status"] != "completed":
+        sys.exit(EXIT_CODES[result["status"]])
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# small, fast synthetic runs
+QUICK = [
+    "dataset=synthetic",
+    "dataset.num_train=96",
+    "dataset.num_test=32",
+    "trainer.max_epochs=1",
+    "trainer.batch_size=16",
+]
+
+
+def make_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def need(path: Path, what: str) -> None:
+    """Skip a real-data test where the data is absent, except in CI, where that is a failure."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} missing at {path}: .ci/run must provide it")
+        pytest.skip(f"{what} not at {path}")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One dataset cache for the whole session (decoded tensors are reused across tests)."""
+    return Path(os.environ.get("CNNCOMP_TEST_DATA") or tmp_path_factory.mktemp("data"))

@@ -1,0 +1,254 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnncomp.compress import stored_params
+from cnncomp.models import build_model, list_models
+from cnncomp.surgery import compress_model
+from cnncomp.train import train
+from tests.conftest import CIFAR10_JPEG, CONF, FASHION_MNIST, QUICK, ROOT, make_cfg, need
+
+KERNELS = ["none", "identity", "dct", "dst", "dft", "wavelet"]
+GROUPS = ["model", "kernel", "layers", "dataset", "trainer", "logger", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def cli(args: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnncomp.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **kw)  # fmt: skip
+
+
+def test_every_group_option_composes():
+    assert options("model") == list_models()
+    for group in GROUPS:
+        for option in options(group):
+            cfg = make_cfg([f"{group}={option}"])
+            assert cfg.trainer.max_epochs == 5
+    assert make_cfg(["experiment=fc_only"]).layers.name == "linear"
+    assert make_cfg(["experiment=conv_only"]).layers.name == "conv"
+
+
+@pytest.mark.parametrize("layers", ["linear", "conv", "all"])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("model", list_models())
+def test_every_combination_trains_a_step_on_synthetic_data(model, kernel, layers, tmp_path):
+    shape = ["dataset.in_channels=3", "dataset.image_size=32"] if KERNELS.index(kernel) % 2 else []
+    cfg = make_cfg([*QUICK, *shape, f"model={model}", f"kernel={kernel}", f"layers={layers}",
+                    "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1"])  # fmt: skip
+    r = train(cfg, run_dir=tmp_path)
+    assert r["status"] == "completed", r["error"]
+    assert r["epochs_completed"] == 1 and 0 <= r["test_acc"] <= 1
+    dense = build_model(model, num_classes=10, in_channels=3 if shape else 1, image_size=32 if shape else 28)
+    assert r["dense_params"] == stored_params(dense)
+    if kernel == "none":
+        assert r["stored_params"] == r["dense_params"]
+    else:
+        assert r["stored_params"] < r["dense_params"]
+        assert any(row["compressed"] for row in r["layers_summary"])
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert sum(t.numel() for t in state.values() if t.is_floating_point()) == r["stored_params"]
+    assert r["model_bytes"] == (tmp_path / "model.pt").stat().st_size
+
+
+def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path):
+    cfg = make_cfg([*QUICK, "kernel=dst", "layers=conv", "kernel.keep=0.5", "trainer.max_epochs=2",
+                    "save_folded=true"])  # fmt: skip
+    r = train(cfg, run_dir=tmp_path)
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert on_disk["status"] == r["status"] == "completed"
+    for key in ["overrides", "config", "config_hash", "test_acc", "test_loss", "val_acc", "val_loss",
+                "dense_params", "stored_params", "compression_ratio", "model_bytes", "macs", "train_time_s",
+                "images_per_s", "device", "torch_version", "git_commit"]:  # fmt: skip
+        assert on_disk[key] is not None, key
+    assert on_disk["compression_ratio"] == pytest.approx(r["dense_params"] / r["stored_params"])
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,") and len(lines) == 3
+    # best.pt holds what is needed to rebuild the model: args + compression + state_dict
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    args, comp = best["model_args"], best["compression"]
+    model = build_model(args["name"], **{k: v for k, v in args.items() if k != "name"})
+    compress_model(model, kernel=comp["name"], layers=comp["layers"], keep=comp["keep"],
+                   selection=comp["selection"])  # fmt: skip
+    model.load_state_dict(best["model"])
+    folded = torch.load(tmp_path / "model_folded.pt", weights_only=True)
+    dense = build_model(args["name"], **{k: v for k, v in args.items() if k != "name"})
+    dense.load_state_dict(folded)
+    x = torch.randn(4, 1, 28, 28)
+    model.eval(), dense.eval()
+    assert torch.allclose(model(x), dense(x), atol=1e-5)
+
+
+def test_deterministic_runs_are_identical(tmp_path):
+    overrides = [*QUICK, "trainer.max_epochs=2", "trainer.deterministic=true"]
+    a = train(make_cfg(overrides), run_dir=tmp_path / "a")
+    b = train(make_cfg(overrides), run_dir=tmp_path / "b")
+    assert a["test_acc"] == b["test_acc"] and a["test_loss"] == b["test_loss"]
+    sa, sb = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in "ab")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
+    args = ["dataset=synthetic", "dataset.num_train=4000", "trainer.max_epochs=3", "trainer.batch_size=32",
+            "trainer.deterministic=true", "kernel=dct"]  # fmt: skip
+    full = cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncomp.train", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    first = json.loads((run / "result.json").read_text())
+    assert first["status"] == "interrupted"
+    again = cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads((run / "result.json").read_text())
+    assert b["status"] == "completed" and b["epochs_completed"] == 3
+    assert (a["test_acc"], a["test_loss"], a["val_acc"]) == (b["test_acc"], b["test_loss"], b["val_acc"])
+    assert (tmp_path / "full" / "metrics.csv").read_text().split("epoch_time_s")[0] == (
+        run / "metrics.csv"
+    ).read_text().split("epoch_time_s")[0]
+    sa = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    sb = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_checkpoint_of_another_config_is_left_untouched(tmp_path):
+    train(make_cfg([*QUICK]), run_dir=tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+    r = train(make_cfg([*QUICK, "kernel.keep=0.5"]), run_dir=tmp_path)
+    assert r["status"] == "failed" and "another configuration" in r["error"]
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_sigkill_during_checkpoint_writes_never_corrupts_last_pt(tmp_path):
+    writer = (
+        "import sys, torch\n"
+        "from cnncomp.atomic import torch_save\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    torch_save(sys.argv[1], {'step': i, 'w': torch.full((2_000_000,), float(i))})\n"
+    )
+    path = tmp_path / "last.pt"
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+        time.sleep(1.5)
+        proc.kill()
+        proc.wait()
+        ckpt = torch.load(path, weights_only=True)
+        assert torch.all(ckpt["w"] == ckpt["step"])
+    assert not list(tmp_path.glob(".last.pt.*")) or all(
+        p.suffix == ".tmp" for p in tmp_path.glob(".last.pt.*")
+    )
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["kernel=foo"], ["kernel", "foo", "dct"]),
+        (["kernel.keep=1.5"], ["keep", "1.5", "(0, 1]"]),
+        (["trainer.batch_size=0"], ["trainer.batch_size", "0"]),
+        (
+            ["dataset=cifar10", "dataset.root=/nonexistent/cnncomp-data"],
+            ["cifar10", "/nonexistent/cnncomp-data"],
+        ),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(args, words, tmp_path):
+    run = tmp_path / "run"
+    out = cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "Traceback" not in text
+    for w in words:
+        assert w in text, (w, text)
+    if (run / "result.json").exists():  # a failure record, never a misleading success
+        r = json.loads((run / "result.json").read_text())
+        assert r["status"] == "failed" and all(w in r["error"] for w in words[:2])
+    assert not (run / "model.pt").exists()
+
+
+def test_wandb_offline_logs_inside_the_job_dir_without_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "sekret-key-123")
+    cfg = make_cfg([*QUICK, "logger=wandb", "trainer.max_epochs=2", "+logger.api_key=sekret-key-123"])
+    r = train(cfg, run_dir=tmp_path)
+    assert r["status"] == "completed", r["error"]
+    runs = list((tmp_path / "wandb").glob("wandb/offline-run-*")) or list(
+        (tmp_path / "wandb").glob("offline-run-*")
+    )
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"sekret-key-123" not in path.read_bytes(), path
+
+
+def test_mlflow_logs_metrics_to_a_local_store(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = make_cfg([*QUICK, "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.max_epochs=2"])
+    r = train(cfg, run_dir=tmp_path / "run")
+    assert r["status"] == "completed", r["error"]
+    client = mlflow.tracking.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cnncomp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
+    assert run.data.metrics["test_acc"] == pytest.approx(r["test_acc"])
+
+
+def test_synthetic_data_is_learnable(tmp_path):
+    r = train(make_cfg(["dataset=synthetic", "trainer.max_epochs=3", "kernel=none"]), run_dir=tmp_path)
+    assert r["test_acc"] >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel, floor", [("dct", 0.87), ("none", 0.90)])
+def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
+    need(FASHION_MNIST, "Debian's dataset-fashion-mnist")
+    r = train(make_cfg([f"kernel={kernel}", f"dataset.root={data_root}"]), run_dir=tmp_path)
+    assert r["status"] == "completed", r["error"]
+    assert r["test_acc"] >= floor, r["test_acc"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model, overrides, floor",
+    [
+        ("lenet", ["trainer.max_epochs=2"], 0.40),
+        ("resnet18", ["trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.batch_size=64",
+                      "trainer.limit_eval_batches=10", "trainer.lr=0.02"], 0.30),
+    ],
+)  # fmt: skip
+def test_cifar10_jpeg_through_imagefolder(model, overrides, floor, tmp_path, data_root):
+    need(CIFAR10_JPEG, "the CIFAR-10 JPEG archive")
+    cfg = make_cfg([f"model={model}", "kernel=dct", "dataset=imagefolder", f"dataset.path={CIFAR10_JPEG}",
+                    f"dataset.root={data_root}", *overrides])  # fmt: skip
+    r = train(cfg, run_dir=tmp_path)
+    assert r["status"] == "completed", r["error"]
+    assert r["test_acc"] >= floor, r["test_acc"]
+
+
+def test_cfg_job_prints_a_readable_config(tmp_path):
+    out = cli(["--cfg", "job"], cwd=tmp_path, timeout=120)
+    assert out.returncode == 0
+    for line in ["model:", "  name: lenet", "kernel:", "  keep: 0.25", "trainer:", "  max_epochs: 5"]:
+        assert line in out.stdout
+    assert os.environ.get("HOME", "~") not in out.stdout or "root:" in out.stdout
+
+
+def test_project_layout():
+    for path in ["conf", "cnncomp", "tests", "launch", "outputs/.gitkeep", "pyproject.toml", "Makefile"]:
+        assert (ROOT / path).exists(), path

@@ -120,9 +120,7 @@ def _resolve_axes(module: nn.Module, axes) -> tuple[int, ...]:
     chosen = []
     for a in axes:
         if a not in names:
-            raise ValueError(
-                f"axis {a!r} is not an axis of {type(module).__name__}; allowed: {', '.join(names)}"
-            )
+            raise ValueError(f"axis {a!r} is not an axis of {type(module).__name__}; allowed: {', '.join(names)}")
         chosen.append(names.index(a))
     if not chosen:
         raise ValueError(f"axes must name at least one axis; allowed: {', '.join(names)}")
@@ -134,8 +132,7 @@ def _layer_type(module: nn.Module) -> type:
         if isinstance(module, cls):
             return cls
     raise ValueError(
-        f"cannot compress a {type(module).__name__}; allowed layer types: "
-        f"{', '.join(c.__name__ for c in AXIS_NAMES)}"
+        f"cannot compress a {type(module).__name__}; allowed layer types: {', '.join(c.__name__ for c in AXIS_NAMES)}"
     )
 
 
@@ -177,9 +174,7 @@ def _mask(
         # untransformed entry shares its frequency's fate
         grid = [shape[a] for a in axes]
         score = sum(
-            (torch.arange(n, dtype=torch.float64) / n).reshape(
-                [-1 if i == j else 1 for j in range(len(grid))]
-            )
+            (torch.arange(n, dtype=torch.float64) / n).reshape([-1 if i == j else 1 for j in range(len(grid))])
             for i, n in enumerate(grid)
         ).flatten()
         m = max(1, round(keep * score.numel()))
@@ -285,9 +280,16 @@ def _dense_layer(module: nn.Module) -> nn.Module:
     kw = {"bias": module.bias is not None, "device": weight.device, "dtype": weight.dtype}
     if isinstance(module, nn.Conv2d):
         dense = nn.Conv2d(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.dilation, module.groups, padding_mode=module.padding_mode, **kw,
-        )  # fmt: skip
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            padding_mode=module.padding_mode,
+            **kw,
+        )
     else:
         dense = nn.Linear(module.in_features, module.out_features, **kw)
     with torch.no_grad():

@@ -322,8 +322,7 @@ def _load_idx(name: str, root: Path, download: bool) -> _Arrays:
         )
     else:
         how = (
-            f"Put the four decompressed IDX files in {raw_dir}, or allow a download on a machine with "
-            "internet access."
+            f"Put the four decompressed IDX files in {raw_dir}, or allow a download on a machine with internet access."
         )
     train = _open_torchvision(cls, name, root, download, how, train=True)
     test = _open_torchvision(cls, name, root, download, how, train=False)
@@ -474,9 +473,7 @@ def _decode_chunk(files: list[str] | list[bytes], size: int) -> np.ndarray:
     return out
 
 
-def _make_synthetic(
-    num_classes: int, in_channels: int, size: int, num_train: int, num_test: int, seed: int
-) -> _Arrays:
+def _make_synthetic(num_classes: int, in_channels: int, size: int, num_train: int, num_test: int, seed: int) -> _Arrays:
     """Class prototypes (smooth random patterns) plus noise and a small random shift, as uint8."""
     g = torch.Generator().manual_seed(seed)
     shift, noise, contrast = 2, 3.0, 12  # noise 3x the prototype's std: learnable, not trivial

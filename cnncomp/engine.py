@@ -39,9 +39,7 @@ def build_schedule(
     """A per-step learning-rate schedule over `total_steps` (None for a constant rate)."""
     if name == "onecycle":
         lrs = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lrs, total_steps=total_steps, pct_start=0.25
-        )
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=total_steps, pct_start=0.25)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if name == "none":

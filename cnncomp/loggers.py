@@ -40,8 +40,9 @@ class WandbLogger:
     """One wandb run per job, resumed by id after a requeue; all its files inside the job dir.
     `log_epoch` sends the newest row only: a resumed run logged the earlier ones already."""
 
-    def __init__(self, run_dir: Path, config: dict, *, mode: str, project: str, entity: str | None,
-                 group: str | None, name: str):  # fmt: skip
+    def __init__(
+        self, run_dir: Path, config: dict, *, mode: str, project: str, entity: str | None, group: str | None, name: str
+    ):
         import wandb
 
         wandb_dir = run_dir / "wandb"
@@ -58,10 +59,17 @@ class WandbLogger:
         if not id_file.exists():
             write_bytes(id_file, uuid.uuid4().hex[:12].encode())
         self.run = wandb.init(
-            project=project, entity=entity, group=group, name=name, dir=str(wandb_dir), mode=mode,
-            id=id_file.read_text().strip(), resume="allow", config=config,
+            project=project,
+            entity=entity,
+            group=group,
+            name=name,
+            dir=str(wandb_dir),
+            mode=mode,
+            id=id_file.read_text().strip(),
+            resume="allow",
+            config=config,
             settings=wandb.Settings(silent=True, x_disable_stats=True),
-        )  # fmt: skip
+        )
 
     def log_epoch(self, history: list[dict[str, Any]]) -> None:
         self.run.log(history[-1], step=history[-1]["epoch"])
@@ -88,14 +96,10 @@ class MLflowLogger:
 
     def log_epoch(self, history: list[dict[str, Any]]) -> None:
         row = history[-1]
-        self.mlflow.log_metrics(
-            {k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"]
-        )
+        self.mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"])
 
     def finish(self, result: dict[str, Any]) -> None:
-        final = {
-            k: v for k, v in _numbers(result).items() if not k.startswith("val_")
-        }  # val_* logged per epoch
+        final = {k: v for k, v in _numbers(result).items() if not k.startswith("val_")}  # val_* logged per epoch
         self.mlflow.log_metrics(final)
         self.mlflow.end_run(status="FINISHED" if result["status"] == "completed" else "FAILED")
 
@@ -121,10 +125,24 @@ def build_loggers(options: dict, run_dir: Path, config: dict, *, name: str, grou
         raise ValueError(f"unknown logger {kind!r}; allowed: {', '.join(LOGGERS)}")
     loggers: list = [CSVLogger(run_dir)]
     if kind == "wandb":
-        loggers.append(WandbLogger(run_dir, config, mode=options.get("mode", "offline"),
-                                   project=options.get("project", "cnncomp"), entity=options.get("entity"),
-                                   group=options.get("group") or group, name=name))  # fmt: skip
+        loggers.append(
+            WandbLogger(
+                run_dir,
+                config,
+                mode=options.get("mode", "offline"),
+                project=options.get("project", "cnncomp"),
+                entity=options.get("entity"),
+                group=options.get("group") or group,
+                name=name,
+            )
+        )
     elif kind == "mlflow":
-        loggers.append(MLflowLogger(config, tracking_uri=options.get("tracking_uri"),
-                                    experiment=options.get("experiment", "cnncomp"), name=name))  # fmt: skip
+        loggers.append(
+            MLflowLogger(
+                config,
+                tracking_uri=options.get("tracking_uri"),
+                experiment=options.get("experiment", "cnncomp"),
+                name=name,
+            )
+        )
     return loggers

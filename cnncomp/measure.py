@@ -23,9 +23,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         else:
             total += output.numel() * module.in_features
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     try:
         model.eval()

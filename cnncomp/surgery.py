@@ -65,8 +65,14 @@ def compress_model(
             row.update(layer_summary(module).as_dict())
         else:
             dense = module.weight.numel()
-            row.update(shape=tuple(module.weight.shape), kernel="none", dense_params=dense,
-                       stored_params=dense, achieved_keep=1.0, notes=[f"dense: {reason}"])  # fmt: skip
+            row.update(
+                shape=tuple(module.weight.shape),
+                kernel="none",
+                dense_params=dense,
+                stored_params=dense,
+                achieved_keep=1.0,
+                notes=[f"dense: {reason}"],
+            )
         rows.append(row)
     return model, rows
 
@@ -77,9 +83,7 @@ def _layer_type_name(module: nn.Module) -> str:
 
 def format_summary(rows: list[dict]) -> str:
     """A fixed-width table of the per-layer summary, for logs."""
-    lines = [
-        f"{'layer':<28} {'shape':<20} {'kernel':<8} {'axes':<16} {'dense':>10} {'stored':>10} {'keep':>7}"
-    ]
+    lines = [f"{'layer':<28} {'shape':<20} {'kernel':<8} {'axes':<16} {'dense':>10} {'stored':>10} {'keep':>7}"]
     for r in rows:
         axes = ",".join(r.get("axes", ())) or "-"
         lines.append(

@@ -7,6 +7,7 @@ written to `<job dir>/result.json` on every ending (completed, failed, diverged,
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -54,24 +55,36 @@ def check_config(c: dict[str, Any]) -> None:
     """Reject bad values before anything is loaded or trained."""
     t = c["trainer"]
     for key in ("max_epochs", "batch_size"):
-        _require(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 1,
-                 f"trainer.{key} must be an integer >= 1, got {t[key]!r}")  # fmt: skip
-    for key in ("limit_train_batches", "limit_eval_batches"):
-        _require(t[key] is None or (isinstance(t[key], int) and t[key] >= 1),
-                 f"trainer.{key} must be null or an integer >= 1, got {t[key]!r}")  # fmt: skip
-    _require(isinstance(t["lr"], (int, float)) and t["lr"] > 0, f"trainer.lr must be > 0, got {t['lr']!r}")
-    _require(isinstance(t["val_fraction"], (int, float)) and 0 <= t["val_fraction"] < 1,
-             f"trainer.val_fraction must be in [0, 1), got {t['val_fraction']!r}")  # fmt: skip
-    choices = {"optimizer": engine.OPTIMIZERS, "schedule": engine.SCHEDULES, "precision": engine.PRECISIONS,
-               "device": ("auto", "cpu", "cuda")}  # fmt: skip
-    for key, allowed in choices.items():
         _require(
-            str(t[key]) in allowed, f"trainer.{key}={t[key]!r} is not allowed; allowed: {', '.join(allowed)}"
+            isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 1,
+            f"trainer.{key} must be an integer >= 1, got {t[key]!r}",
         )
-    _require(c["model"]["name"] in list_models(),
-             f"unknown model {c['model']['name']!r}; allowed: {', '.join(list_models())}")  # fmt: skip
-    _require(c["dataset"]["name"] in list_datasets(),
-             f"unknown dataset {c['dataset']['name']!r}; allowed: {', '.join(list_datasets())}")  # fmt: skip
+    for key in ("limit_train_batches", "limit_eval_batches"):
+        _require(
+            t[key] is None or (isinstance(t[key], int) and t[key] >= 1),
+            f"trainer.{key} must be null or an integer >= 1, got {t[key]!r}",
+        )
+    _require(isinstance(t["lr"], (int, float)) and t["lr"] > 0, f"trainer.lr must be > 0, got {t['lr']!r}")
+    _require(
+        isinstance(t["val_fraction"], (int, float)) and 0 <= t["val_fraction"] < 1,
+        f"trainer.val_fraction must be in [0, 1), got {t['val_fraction']!r}",
+    )
+    choices = {
+        "optimizer": engine.OPTIMIZERS,
+        "schedule": engine.SCHEDULES,
+        "precision": engine.PRECISIONS,
+        "device": ("auto", "cpu", "cuda"),
+    }
+    for key, allowed in choices.items():
+        _require(str(t[key]) in allowed, f"trainer.{key}={t[key]!r} is not allowed; allowed: {', '.join(allowed)}")
+    _require(
+        c["model"]["name"] in list_models(),
+        f"unknown model {c['model']['name']!r}; allowed: {', '.join(list_models())}",
+    )
+    _require(
+        c["dataset"]["name"] in list_datasets(),
+        f"unknown dataset {c['dataset']['name']!r}; allowed: {', '.join(list_datasets())}",
+    )
     _require(
         c["logger"]["name"] in LOGGERS,
         f"unknown logger {c['logger']['name']!r}; allowed: {', '.join(LOGGERS)}",
@@ -93,13 +106,17 @@ def _kernel_opts(k: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def _compression_kwargs(k: dict[str, Any]) -> dict[str, Any]:
+    """compress_model's keyword arguments from the kernel config node."""
+    names = ("keep", "selection", "axes", "init", "skip_first", "skip_last")
+    return {"kernel": k["name"], **{n: k[n] for n in names}, **_kernel_opts(k)}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto"
-        )
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto")
     return torch.device(name)
 
 
@@ -113,7 +130,14 @@ def _signals_interrupt():
     def handler(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = [signal.SIGTERM, signal.SIGINT]
+    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if type(owner).__module__.startswith("submitit"):
+        # a submitit job: SLURM sends SIGTERM on scancel/requeue/preemption, and submitit ignores it
+        # on purpose; its own signal (USR2) checkpoints and requeues the job, which then resumes
+        # from last.pt. Turning SIGTERM into a normal return would report the job as finished.
+        signals.remove(signal.SIGTERM)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
@@ -171,6 +195,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "dataset": config["dataset"]["name"],
         "started_at": datetime.now(timezone.utc).isoformat(),
     }
+    done = _completed_record(run_dir, result["config_hash"])
+    if done is not None:
+        log.info("%s already holds a completed run of this config; skipping", run_dir)
+        return done
     loggers: list = []
     with _signals_interrupt():
         try:
@@ -182,6 +210,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         except (Interrupted, KeyboardInterrupt) as err:
             result["status"], result["error"] = "interrupted", f"interrupted by {err or 'SIGINT'}"
             log.warning("run interrupted (%s); last.pt holds the last finished epoch", err or "SIGINT")
+        except SystemExit:  # a launcher (submitit) ending the job, e.g. to requeue it
+            result["status"], result["error"] = "interrupted", "the job was ended by its launcher"
+            raise
         except (ConfigError, DataNotFoundError) as err:
             result["error"] = str(err)
             log.error("%s", err)
@@ -198,41 +229,64 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     return result
 
 
+def _completed_record(run_dir: Path, chash: str) -> dict[str, Any] | None:
+    """The record of a run of the same config that already completed in `run_dir`, if any."""
+    path = run_dir / "result.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record["status"] == "completed" and record["config_hash"] == chash else None
+
+
 def _checkpoint_meta(config: dict, result: dict, model_args: dict) -> dict[str, Any]:
-    return {"model_args": model_args, "compression": config["kernel"] | {"layers": config["layers"]["name"]},
-            "config": config, "config_hash": result["config_hash"]}  # fmt: skip
+    return {
+        "model_args": model_args,
+        "compression": config["kernel"] | {"layers": config["layers"]["name"]},
+        "config": config,
+        "config_hash": result["config_hash"],
+    }
 
 
-def _run(config: dict, run_dir: Path, device: torch.device, result: dict, loggers: list, *, name: str,
-         group: str | None) -> None:  # fmt: skip
+def _run(
+    config: dict, run_dir: Path, device: torch.device, result: dict, loggers: list, *, name: str, group: str | None
+) -> None:
     t, k = config["trainer"], config["kernel"]
     precision = str(t["precision"])
     torch.manual_seed(t["seed"])
     dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
-    data = build_data(config["dataset"]["name"], **dataset_opts, batch_size=t["batch_size"],
-                      val_fraction=t["val_fraction"], seed=t["seed"], device=device,
-                      num_workers=t["num_workers"])  # fmt: skip
+    data = build_data(
+        config["dataset"]["name"],
+        **dataset_opts,
+        batch_size=t["batch_size"],
+        val_fraction=t["val_fraction"],
+        seed=t["seed"],
+        device=device,
+        num_workers=t["num_workers"],
+    )
     info = data.info
-    model_args = {"name": config["model"]["name"], "num_classes": info.num_classes,
-                  "in_channels": info.in_channels, "image_size": info.image_size}  # fmt: skip
+    model_args = {
+        "name": config["model"]["name"],
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "image_size": info.image_size,
+    }
     model = build_model(model_args["name"], **{a: v for a, v in model_args.items() if a != "name"})
     result["dense_params"] = stored_params(model)
-    model, summary = compress_model(model, kernel=k["name"], layers=config["layers"]["name"], keep=k["keep"],
-                                    skip_first=k["skip_first"], skip_last=k["skip_last"],
-                                    **({} if k["name"] == "none" else {"selection": k["selection"], "axes": k["axes"],
-                                        "init": k["init"], **_kernel_opts(k)}))  # fmt: skip
+    model, summary = compress_model(model, layers=config["layers"]["name"], **_compression_kwargs(k))
     model.to(device)
     log.info("%s on %s, %s\n%s", model_args["name"], info.name, device, format_summary(summary))
-    result.update(stored_params=stored_params(model), layers_summary=summary,
-                  macs=count_macs(model, (info.in_channels, info.image_size, info.image_size)))  # fmt: skip
+    result.update(
+        stored_params=stored_params(model),
+        layers_summary=summary,
+        macs=count_macs(model, (info.in_channels, info.image_size, info.image_size)),
+    )
     result["compression_ratio"] = result["dense_params"] / result["stored_params"]
 
     steps = min(len(data.train), t["limit_train_batches"] or len(data.train))
-    optimizer = engine.build_optimizer(model, name=t["optimizer"], lr=t["lr"], weight_decay=t["weight_decay"],
-                                       momentum=t["momentum"])  # fmt: skip
-    schedule = engine.build_schedule(
-        optimizer, name=t["schedule"], total_steps=max(1, steps * t["max_epochs"])
+    optimizer = engine.build_optimizer(
+        model, name=t["optimizer"], lr=t["lr"], weight_decay=t["weight_decay"], momentum=t["momentum"]
     )
+    schedule = engine.build_schedule(optimizer, name=t["schedule"], total_steps=max(1, steps * t["max_epochs"]))
     meta = _checkpoint_meta(config, result, model_args)
     state = {"epoch": 0, "history": [], "best": None, "train_time_s": 0.0, "train_images": 0}
     last = run_dir / "last.pt"
@@ -246,9 +300,18 @@ def _run(config: dict, run_dir: Path, device: torch.device, result: dict, logger
     for epoch in range(state["epoch"] + 1, t["max_epochs"] + 1):
         data.train.set_epoch(epoch)
         start = time.perf_counter()
-        with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty()) as bar:
-            fit = engine.train_epoch(model, data.train, optimizer, schedule, device=device, precision=precision,
-                                     limit=t["limit_train_batches"], progress=bar)  # fmt: skip
+        interactive = sys.stderr.isatty()
+        with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not interactive) as bar:
+            fit = engine.train_epoch(
+                model,
+                data.train,
+                optimizer,
+                schedule,
+                device=device,
+                precision=precision,
+                limit=t["limit_train_batches"],
+                progress=bar,
+            )
         state["train_time_s"] += time.perf_counter() - start
         state["train_images"] += fit["images"]
         if not math.isfinite(fit["loss"]):
@@ -256,12 +319,26 @@ def _run(config: dict, run_dir: Path, device: torch.device, result: dict, logger
             log.error("%s", result["error"])
             return
         val = engine.evaluate(model, data.val, **evaluate) if has_val else {"loss": None, "acc": None}
-        row = {"epoch": epoch, "train_loss": fit["loss"], "train_acc": fit["acc"], "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
-               "epoch_time_s": time.perf_counter() - start}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "train_loss": fit["loss"],
+            "train_acc": fit["acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - start,
+        }
         state["history"].append(row)
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %s acc %s  (%.1fs)", epoch, t["max_epochs"],
-                 fit["loss"], fit["acc"], _fmt(val["loss"]), _fmt(val["acc"]), row["epoch_time_s"])  # fmt: skip
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %s acc %s  (%.1fs)",
+            epoch,
+            t["max_epochs"],
+            fit["loss"],
+            fit["acc"],
+            _fmt(val["loss"]),
+            _fmt(val["acc"]),
+            row["epoch_time_s"],
+        )
         state["epoch"] = epoch
         if not has_val or state["best"] is None or val["acc"] > state["best"]["val_acc"]:
             state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"]}
@@ -279,11 +356,16 @@ def _run(config: dict, run_dir: Path, device: torch.device, result: dict, logger
     if config["save_folded"]:
         atomic.torch_save(run_dir / "model_folded.pt", dense.state_dict())
     result.update(
-        status="completed", test_acc=test["acc"], test_loss=test["loss"], best_epoch=state["best"]["epoch"],
-        val_acc=state["best"]["val_acc"], val_loss=state["best"]["val_loss"], epochs_completed=state["epoch"],
+        status="completed",
+        test_acc=test["acc"],
+        test_loss=test["loss"],
+        best_epoch=state["best"]["epoch"],
+        val_acc=state["best"]["val_acc"],
+        val_loss=state["best"]["val_loss"],
+        epochs_completed=state["epoch"],
         train_time_s=state["train_time_s"],
         images_per_s=state["train_images"] / state["train_time_s"] if state["train_time_s"] else None,
-    )  # fmt: skip
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -294,9 +376,14 @@ def _checkpoint(model, optimizer, schedule, state: dict, meta: dict) -> dict[str
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": None if schedule is None else schedule.state_dict(), "rng": rng, "state": state,
-            **meta}  # fmt: skip
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": None if schedule is None else schedule.state_dict(),
+        "rng": rng,
+        "state": state,
+        **meta,
+    }
 
 
 def _resume(path: Path, model, optimizer, schedule, chash: str) -> dict[str, Any]:
@@ -321,20 +408,17 @@ def _print_summary(r: dict[str, Any]) -> None:
     if r.get("error"):
         lines.append(f"  error: {r['error']}")
     if r.get("test_acc") is not None:
-        lines.append(
-            f"  test accuracy {r['test_acc']:.4f}  (best val {_fmt(r['val_acc'])} at epoch {r['best_epoch']})"
-        )
+        lines.append(f"  test accuracy {r['test_acc']:.4f}  (best val {_fmt(r['val_acc'])} at epoch {r['best_epoch']})")
     if r.get("stored_params"):
-        lines.append(f"  parameters {r['dense_params']:,} dense -> {r['stored_params']:,} stored "
-                     f"({r['compression_ratio']:.2f}x)")  # fmt: skip
+        lines.append(
+            f"  parameters {r['dense_params']:,} dense -> {r['stored_params']:,} stored ({r['compression_ratio']:.2f}x)"
+        )
     if r.get("model_bytes"):
         lines.append(
             f"  size on disk {r['model_bytes'] / 1024:.1f} KiB (dense {r['dense_model_bytes'] / 1024:.1f} KiB)"
         )
     if r.get("train_time_s"):
-        lines.append(
-            f"  train time {r['train_time_s']:.1f}s, {r['images_per_s']:.0f} images/s on {r['device']}"
-        )
+        lines.append(f"  train time {r['train_time_s']:.1f}s, {r['images_per_s']:.0f} images/s on {r['device']}")
     lines.append(f"  record: {Path(r['run_dir']) / 'result.json'}")
     print("\n".join(lines), flush=True)
 

@@ -43,9 +43,7 @@ def basis(
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"basis size n must be a positive integer, got {n!r}")
     if kind == "wavelet" and wavelet not in orthogonal_wavelets():
-        raise ValueError(
-            f"unknown or non-orthogonal wavelet {wavelet!r}; allowed: {', '.join(orthogonal_wavelets())}"
-        )
+        raise ValueError(f"unknown or non-orthogonal wavelet {wavelet!r}; allowed: {', '.join(orthogonal_wavelets())}")
     key_opt = wavelet if kind == "wavelet" else None
     return _cached(kind, n, key_opt, dtype, torch.device(device))
 

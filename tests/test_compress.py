@@ -34,9 +34,7 @@ def make(layer: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 def best_achievable(sizes: list[int], keep: float) -> float:
     """Relative error of the best block by brute force over all integer sizes (small layers only)."""
     total = math.prod(sizes)
-    return min(
-        abs(math.prod(ks) / total / keep - 1) for ks in itertools.product(*[range(1, n + 1) for n in sizes])
-    )
+    return min(abs(math.prod(ks) / total / keep - 1) for ks in itertools.product(*[range(1, n + 1) for n in sizes]))
 
 
 @pytest.mark.parametrize("keep", KEEPS)
@@ -49,9 +47,7 @@ def test_compressed_layer(layer, kernel, selection, keep):
     summary = layer_summary(module)
 
     # achieved keep within 10 % (relative) wherever integer block sizes allow it
-    transformed = [
-        module.weight.shape[i] for i, a in enumerate(("out", "in", "kh", "kw")) if a in summary.axes
-    ]
+    transformed = [module.weight.shape[i] for i, a in enumerate(("out", "in", "kh", "kw")) if a in summary.axes]
     allowed = max(0.1, best_achievable(transformed, keep) + 1e-9) if selection == "block" else 0.1
     assert abs(summary.achieved_keep / keep - 1) <= allowed
 
@@ -141,11 +137,7 @@ def test_axes_subset_transforms_only_those_axes():
     module, x = make("conv64x64k3")
     compress_module(module, kernel="dct", keep=0.25, axes=["in", "out"])
     s = layer_summary(module)
-    assert (
-        s.axes == ("out", "in")
-        and s.block[2:] == ()
-        and module.parametrizations.weight.original.shape[2:] == (3, 3)
-    )
+    assert s.axes == ("out", "in") and s.block[2:] == () and module.parametrizations.weight.original.shape[2:] == (3, 3)
     assert s.achieved_keep == pytest.approx(0.25, rel=0.02)
 
 
@@ -159,9 +151,7 @@ def test_wavelet_axis_that_cannot_be_decomposed_falls_back_to_identity():
 
 def test_fold_of_a_model_leaves_the_original_untouched():
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
-    )
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
     compress_module(model[0], kernel="dct", keep=0.5)
     compress_module(model[4], kernel="dft", keep=0.25, selection="random")
     model.eval()

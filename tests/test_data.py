@@ -117,9 +117,7 @@ def _write_cifar(root: Path, cifar100: bool, monkeypatch: pytest.MonkeyPatch) ->
         (folder / name).write_bytes(pickle.dumps(entry))
         written[name] = (images, labels)
     meta_key = cls.meta["key"]
-    (folder / cls.meta["filename"]).write_bytes(
-        pickle.dumps({meta_key: [f"class{c}" for c in range(num_classes)]})
-    )
+    (folder / cls.meta["filename"]).write_bytes(pickle.dumps({meta_key: [f"class{c}" for c in range(num_classes)]}))
 
     def md5s(listing: list) -> list:
         return [[name, _md5(folder / name)] for name, _ in listing]
@@ -249,9 +247,7 @@ def _batches(loader: TensorLoader, epoch: int) -> list[tuple[torch.Tensor, torch
 def test_loader_is_a_function_of_seed_and_epoch() -> None:
     a, b = _identity_loader(crop_padding=2, flip=True), _identity_loader(crop_padding=2, flip=True)
     first, second = _batches(a, 3), _batches(b, 3)
-    assert all(
-        torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, second, strict=True)
-    )
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, second, strict=True))
     other = _batches(a, 4)
     assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in other]))
     reseeded = _batches(_identity_loader(crop_padding=2, flip=True, seed=8), 3)
@@ -367,9 +363,7 @@ def test_synthetic_is_deterministic_and_learnable() -> None:
     splits = build_data("synthetic", seed=5, val_fraction=0)
     again = build_data("synthetic", seed=5, val_fraction=0)
     other = build_data("synthetic", seed=6, val_fraction=0)
-    assert torch.equal(splits.train.images, again.train.images) and torch.equal(
-        splits.test.images, again.test.images
-    )
+    assert torch.equal(splits.train.images, again.train.images) and torch.equal(splits.test.images, again.test.images)
     assert not torch.equal(splits.train.images, other.train.images)
     assert splits.info.num_classes == 10 and splits.train.images.shape == (2000, 1, 28, 28)
     assert splits.test.num_samples == 500 and torch.bincount(splits.test.labels).tolist() == [50] * 10

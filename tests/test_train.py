@@ -24,8 +24,9 @@ def options(group: str) -> list[str]:
 
 
 def cli(args: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnncomp.train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cnncomp.train", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def test_every_group_option_composes():
@@ -43,8 +44,17 @@ def test_every_group_option_composes():
 @pytest.mark.parametrize("model", list_models())
 def test_every_combination_trains_a_step_on_synthetic_data(model, kernel, layers, tmp_path):
     shape = ["dataset.in_channels=3", "dataset.image_size=32"] if KERNELS.index(kernel) % 2 else []
-    cfg = make_cfg([*QUICK, *shape, f"model={model}", f"kernel={kernel}", f"layers={layers}",
-                    "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1"])  # fmt: skip
+    cfg = make_cfg(
+        [
+            *QUICK,
+            *shape,
+            f"model={model}",
+            f"kernel={kernel}",
+            f"layers={layers}",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_eval_batches=1",
+        ]
+    )
     r = train(cfg, run_dir=tmp_path)
     assert r["status"] == "completed", r["error"]
     assert r["epochs_completed"] == 1 and 0 <= r["test_acc"] <= 1
@@ -61,14 +71,29 @@ def test_every_combination_trains_a_step_on_synthetic_data(model, kernel, layers
 
 
 def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path):
-    cfg = make_cfg([*QUICK, "kernel=dst", "layers=conv", "kernel.keep=0.5", "trainer.max_epochs=2",
-                    "save_folded=true"])  # fmt: skip
+    cfg = make_cfg([*QUICK, "kernel=dst", "layers=conv", "kernel.keep=0.5", "trainer.max_epochs=2", "save_folded=true"])
     r = train(cfg, run_dir=tmp_path)
     on_disk = json.loads((tmp_path / "result.json").read_text())
     assert on_disk["status"] == r["status"] == "completed"
-    for key in ["overrides", "config", "config_hash", "test_acc", "test_loss", "val_acc", "val_loss",
-                "dense_params", "stored_params", "compression_ratio", "model_bytes", "macs", "train_time_s",
-                "images_per_s", "device", "torch_version", "git_commit"]:  # fmt: skip
+    for key in [
+        "overrides",
+        "config",
+        "config_hash",
+        "test_acc",
+        "test_loss",
+        "val_acc",
+        "val_loss",
+        "dense_params",
+        "stored_params",
+        "compression_ratio",
+        "model_bytes",
+        "macs",
+        "train_time_s",
+        "images_per_s",
+        "device",
+        "torch_version",
+        "git_commit",
+    ]:
         assert on_disk[key] is not None, key
     assert on_disk["compression_ratio"] == pytest.approx(r["dense_params"] / r["stored_params"])
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
@@ -77,8 +102,7 @@ def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     args, comp = best["model_args"], best["compression"]
     model = build_model(args["name"], **{k: v for k, v in args.items() if k != "name"})
-    compress_model(model, kernel=comp["name"], layers=comp["layers"], keep=comp["keep"],
-                   selection=comp["selection"])  # fmt: skip
+    compress_model(model, kernel=comp["name"], layers=comp["layers"], keep=comp["keep"], selection=comp["selection"])
     model.load_state_dict(best["model"])
     folded = torch.load(tmp_path / "model_folded.pt", weights_only=True)
     dense = build_model(args["name"], **{k: v for k, v in args.items() if k != "name"})
@@ -98,13 +122,19 @@ def test_deterministic_runs_are_identical(tmp_path):
 
 
 def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
-    args = ["dataset=synthetic", "dataset.num_train=4000", "trainer.max_epochs=3", "trainer.batch_size=32",
-            "trainer.deterministic=true", "kernel=dct"]  # fmt: skip
+    args = [
+        "dataset=synthetic",
+        "dataset.num_train=4000",
+        "trainer.max_epochs=3",
+        "trainer.batch_size=32",
+        "trainer.deterministic=true",
+        "kernel=dct",
+    ]
     full = cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "cnncomp.train", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    command = [sys.executable, "-m", "cnncomp.train", *args, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (run / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -151,9 +181,7 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_last_pt(tmp_path):
         proc.wait()
         ckpt = torch.load(path, weights_only=True)
         assert torch.all(ckpt["w"] == ckpt["step"])
-    assert not list(tmp_path.glob(".last.pt.*")) or all(
-        p.suffix == ".tmp" for p in tmp_path.glob(".last.pt.*")
-    )
+    assert not list(tmp_path.glob(".last.pt.*")) or all(p.suffix == ".tmp" for p in tmp_path.glob(".last.pt.*"))
 
 
 @pytest.mark.parametrize(
@@ -187,9 +215,7 @@ def test_wandb_offline_logs_inside_the_job_dir_without_secrets(tmp_path, monkeyp
     cfg = make_cfg([*QUICK, "logger=wandb", "trainer.max_epochs=2", "+logger.api_key=sekret-key-123"])
     r = train(cfg, run_dir=tmp_path)
     assert r["status"] == "completed", r["error"]
-    runs = list((tmp_path / "wandb").glob("wandb/offline-run-*")) or list(
-        (tmp_path / "wandb").glob("offline-run-*")
-    )
+    runs = list((tmp_path / "wandb").glob("wandb/offline-run-*")) or list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     for path in tmp_path.rglob("*"):
         if path.is_file():
@@ -228,14 +254,31 @@ def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
     "model, overrides, floor",
     [
         ("lenet", ["trainer.max_epochs=2"], 0.40),
-        ("resnet18", ["trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.batch_size=64",
-                      "trainer.limit_eval_batches=10", "trainer.lr=0.02"], 0.30),
+        (
+            "resnet18",
+            [
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=60",
+                "trainer.batch_size=64",
+                "trainer.limit_eval_batches=10",
+                "trainer.lr=0.02",
+            ],
+            0.30,
+        ),
     ],
-)  # fmt: skip
+)
 def test_cifar10_jpeg_through_imagefolder(model, overrides, floor, tmp_path, data_root):
     need(CIFAR10_JPEG, "the CIFAR-10 JPEG archive")
-    cfg = make_cfg([f"model={model}", "kernel=dct", "dataset=imagefolder", f"dataset.path={CIFAR10_JPEG}",
-                    f"dataset.root={data_root}", *overrides])  # fmt: skip
+    cfg = make_cfg(
+        [
+            f"model={model}",
+            "kernel=dct",
+            "dataset=imagefolder",
+            f"dataset.path={CIFAR10_JPEG}",
+            f"dataset.root={data_root}",
+            *overrides,
+        ]
+    )
     r = train(cfg, run_dir=tmp_path)
     assert r["status"] == "completed", r["error"]
     assert r["test_acc"] >= floor, r["test_acc"]
@@ -252,3 +295,18 @@ def test_cfg_job_prints_a_readable_config(tmp_path):
 def test_project_layout():
     for path in ["conf", "cnncomp", "tests", "launch", "outputs/.gitkeep", "pyproject.toml", "Makefile"]:
         assert (ROOT / path).exists(), path
+
+
+def test_non_finite_loss_ends_the_run_as_diverged(tmp_path):
+    r = train(make_cfg([*QUICK, "kernel=none", "trainer.lr=1e12", "trainer.schedule=none"]), run_dir=tmp_path)
+    assert r["status"] == "diverged" and "non-finite" in r["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_completed_run_is_not_repeated(tmp_path):
+    first = train(make_cfg(QUICK), run_dir=tmp_path)
+    stamp = (tmp_path / "result.json").stat().st_mtime_ns
+    again = train(make_cfg(QUICK), run_dir=tmp_path)
+    assert again == json.loads((tmp_path / "result.json").read_text()) and again["test_acc"] == first["test_acc"]
+    assert (tmp_path / "result.json").stat().st_mtime_ns == stamp

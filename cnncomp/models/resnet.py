@@ -27,6 +27,4 @@ def _resnet(
 @register_model("resnet18")
 def resnet18(*, num_classes: int, in_channels: int, image_size: int) -> ResNet:
     """ResNet-18 (He et al. 2016); 11,173,962 parameters with the CIFAR stem, 3 channels, 10 classes."""
-    return _resnet(
-        BasicBlock, [2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels, image_size=image_size
-    )
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels, image_size=image_size)

@@ -1,0 +1,392 @@
+"""The dry run: `python -m cnncomp.plan [sweep overrides]` prints what a sweep would train and cost.
+
+Takes the same overrides as `python -m cnncomp.train --multirun` (comma lists, `experiment=...`
+presets whose `hydra.sweeper.params` define the grid), expands them as Hydra's BasicSweeper does,
+composes every cell with `hydra.compose`, builds each cell's model and compression without data or
+training, and prints the cell count, stored parameters and compression ratio per cell, and the cost
+in device-hours from a measured step time: a few real training steps on random input of the
+dataset's shape, once per distinct compressed architecture, × steps per epoch × epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from cnncomp import data, engine
+from cnncomp.compress import stored_params
+from cnncomp.measure import count_macs
+from cnncomp.models import build_model
+from cnncomp.report import sweep_cells
+from cnncomp.surgery import compress_model
+from cnncomp.train import ConfigError, _compression_kwargs, check_config, resolve_device
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+# What build_data would load, known without loading it: (channels, image size, classes, train, test).
+KNOWN_DATASETS = {
+    "fashion_mnist": (1, 28, 10, 60_000, 10_000),
+    "mnist": (1, 28, 10, 60_000, 10_000),
+    "cifar10": (3, 32, 10, 50_000, 10_000),
+    "cifar100": (3, 32, 100, 50_000, 10_000),
+}
+# An evaluation image costs about a third of a training image (forward only, vs forward + backward).
+EVAL_COST = 1 / 3
+_warm = False
+# big models are timed on batches of batch_size / PROBE_FRACTION and twice that, then extrapolated
+PROBE_FRACTION = 16
+
+
+@dataclass(frozen=True)
+class DataShape:
+    in_channels: int
+    image_size: int
+    num_classes: int
+    num_train: int  # the official training split, before the validation carve-out
+    num_test: int
+
+
+def data_shape(options: dict[str, Any]) -> DataShape:
+    """The shape and size of a dataset config node, without decoding any image."""
+    name = options["name"]
+    if name in KNOWN_DATASETS:
+        return DataShape(*KNOWN_DATASETS[name])
+    if name == "synthetic":
+        return DataShape(
+            options["in_channels"],
+            options["image_size"] or 28,
+            options["num_classes"],
+            options["num_train"],
+            options["num_test"],
+        )
+    if name == "imagefolder":
+        if options.get("path") is None:
+            raise ConfigError("dataset 'imagefolder' needs dataset.path (a train/ + test/ tree, or a tar of one)")
+        source = Path(options["path"]).expanduser().resolve()
+        if not source.exists():
+            raise data.DataNotFoundError(f"dataset 'imagefolder': {source} does not exist")
+        # lists (a tar is read, not decoded); TODO(lead): a public data.describe() would own this
+        train, test = data._list_dir(source) if source.is_dir() else data._list_tar(source)
+        size = options.get("image_size")
+        if size is None:
+            with data._open_image(train.files[0]) as first:
+                size = min(first.size)
+        return DataShape(3, size, len(train.classes), len(train.files), len(test.files))
+    raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(data.list_datasets())}")
+
+
+@dataclass
+class Cell:
+    overrides: list[str]
+    config: dict[str, Any] | None = None
+    error: str | None = None
+    dense_params: int | None = None
+    stored_params: int | None = None
+    compression_ratio: float | None = None
+    macs: int | None = None
+    step_time_s: float | None = None  # one training step of a full batch
+    train_steps: int | None = None  # per epoch
+    eval_steps: int | None = None  # validation batches per epoch
+    test_steps: int | None = None
+    hours: float | None = None
+
+    def field(self, dotted: str) -> Any:
+        node: Any = self.config
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    device: str
+    unit: str  # "GPU-hours" or "CPU-hours"
+    models_built: int = 0
+    timings: int = 0  # distinct architectures timed
+    wall_s: float = 0.0
+    sweep_params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hours(self) -> float | None:
+        hours = [c.hours for c in self.cells if c.hours is not None]
+        return sum(hours) if hours else None
+
+
+def _steps(n: int, batch: int, limit: int | None) -> int:
+    steps = math.ceil(n / batch) if n else 0
+    return min(steps, limit) if limit else steps
+
+
+def _time_steps(model: torch.nn.Module, cfg: dict, shape: DataShape, device: torch.device, budget_s: float) -> float:
+    """Seconds of one training step (engine.train_epoch on a random full batch), median of the steps
+    that fit in `budget_s` (at most 5, the first dropped as warm-up when there are more).
+
+    A step that would not fit in half the budget (a big model on a CPU) is extrapolated instead
+    from steps on two small batches b and 2b: t(batch) = fixed + per-image × batch, where the fixed
+    part (the weights rebuilt from their coefficients, the optimizer step) does not grow with the batch.
+    """
+    t = cfg["trainer"]
+    model.to(device)
+    optimizer = engine.build_optimizer(
+        model, name=t["optimizer"], lr=t["lr"], weight_decay=t["weight_decay"], momentum=t["momentum"]
+    )
+
+    def step(batch: int) -> float:
+        x = torch.randn(batch, shape.in_channels, shape.image_size, shape.image_size, device=device)
+        y = torch.randint(shape.num_classes, (batch,), device=device)
+        start = time.perf_counter()
+        # train_epoch ends with .item(): the step is synchronized on CUDA too
+        engine.train_epoch(model, [(x, y)], optimizer, None, device=device, precision=str(t["precision"]))
+        return time.perf_counter() - start
+
+    global _warm
+    if not _warm:  # the process's first step pays one-off initialization
+        step(2)
+        _warm = True
+    batch = t["batch_size"]
+    small = max(1, batch // PROBE_FRACTION)
+    if 2 * small < batch and (t1 := step(small)) * batch / small > budget_s / 2:
+        t2 = step(2 * small)
+        per_image = max(t2 - t1, 0.0) / small
+        full = max(t1 - per_image * small, 0.0) + per_image * batch
+        if full > budget_s / 2:
+            return max(full, t2)  # never below a measured smaller batch
+    times: list[float] = []
+    while len(times) < 5 and sum(times) < budget_s:
+        times.append(step(batch))
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def _signature(model: torch.nn.Module, cfg: dict, shape: DataShape) -> tuple:
+    """What a step's cost depends on: the architecture's parameter and buffer shapes (the bases are
+    dense matrices, so dct, dst, dft and wavelet cost the same), the input and the trainer."""
+    t = cfg["trainer"]
+    tensors = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    tensors += tuple((n, tuple(b.shape)) for n, b in model.named_buffers())
+    return (cfg["model"]["name"], shape, tensors, t["batch_size"], str(t["precision"]), t["optimizer"])
+
+
+def plan_sweep(
+    overrides: Sequence[str],
+    *,
+    measure: bool = True,
+    budget_s: float = 1.0,
+    config_dir: str | Path = CONF,
+    config_name: str = "config",
+) -> Plan:
+    """Compose, build and (with `measure`) time every cell of the sweep `overrides` describe."""
+    started = time.perf_counter()
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    hydra_args = [o.input_line for o in parsed if o.is_hydra_override()]
+    task_args = [o.input_line for o in parsed if not o.is_hydra_override()]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        master = compose(config_name=config_name, overrides=fixed, return_hydra_config=True)
+        params = OmegaConf.to_container(master.hydra.sweeper, resolve=False).get("params") or {}
+        params = {k: str(v) for k, v in params.items()}
+        loader = GlobalHydra.instance().config_loader()
+        cells = [Cell(c) for c in sweep_cells(task_args, params, config_loader=loader)]
+        for cell in cells:
+            try:
+                cfg = compose(config_name=config_name, overrides=hydra_args + cell.overrides)
+                cell.config = OmegaConf.to_container(cfg, resolve=True)
+            except Exception as err:
+                cell.error = f"{type(err).__name__}: {err}"
+
+    devices = {c.config["trainer"]["device"] for c in cells if c.config}
+    device_name = "auto" if not devices else sorted(devices)[0]
+    try:
+        device = resolve_device(device_name)
+    except ConfigError:
+        device = torch.device("cpu")
+    plan = Plan(
+        cells,
+        f"{device.type}"
+        + (
+            f": {torch.cuda.get_device_name(device)}"
+            if device.type == "cuda"
+            else f" ({torch.get_num_threads()} threads)"
+        ),
+        "GPU-hours" if device.type == "cuda" else "CPU-hours",
+        sweep_params=params,
+    )
+    built: dict[tuple, tuple] = {}
+    timed: dict[tuple, float] = {}
+    macs_of: dict[tuple, int] = {}
+    for cell in cells:
+        if cell.config is None:
+            continue
+        cfg = cell.config
+        try:
+            check_config(cfg)
+            shape = data_shape(cfg["dataset"])
+        except (ConfigError, ValueError, data.DataNotFoundError) as err:
+            cell.error = str(err)
+            continue
+        key = (
+            cfg["model"]["name"],
+            shape,
+            cfg["layers"]["name"],
+            repr(sorted(_compression_kwargs(cfg["kernel"]).items())),
+            *(str(cfg["trainer"][k]) for k in ("batch_size", "precision", "optimizer")),
+        )
+        if key not in built:
+            try:
+                model = build_model(
+                    cfg["model"]["name"],
+                    num_classes=shape.num_classes,
+                    in_channels=shape.in_channels,
+                    image_size=shape.image_size,
+                )
+                dense = stored_params(model)
+                # MACs are those of the dense network (count_macs counts folded layers): count them
+                # once per architecture, on the dense model, without rebuilding compressed weights
+                arch = (cfg["model"]["name"], shape)
+                if arch not in macs_of:
+                    macs_of[arch] = count_macs(model, (shape.in_channels, shape.image_size, shape.image_size))
+                macs = macs_of[arch]
+                model, _ = compress_model(model, layers=cfg["layers"]["name"], **_compression_kwargs(cfg["kernel"]))
+                plan.models_built += 1
+                stored = stored_params(model)
+                step = None
+                if measure:
+                    sig = _signature(model, cfg, shape)
+                    if sig not in timed:
+                        timed[sig] = _time_steps(model, cfg, shape, device, budget_s)
+                        plan.timings += 1
+                    step = timed[sig]
+                built[key] = (dense, stored, macs, step, None)
+                del model
+            except Exception as err:
+                built[key] = (None, None, None, None, f"{type(err).__name__}: {err}")
+        dense, stored, macs, step, error = built[key]
+        if error is not None:
+            cell.error = error
+            continue
+        t = cfg["trainer"]
+        n_val = round(shape.num_train * t["val_fraction"])
+        cell.dense_params, cell.stored_params, cell.macs, cell.step_time_s = dense, stored, macs, step
+        cell.compression_ratio = dense / stored
+        cell.train_steps = _steps(shape.num_train - n_val, t["batch_size"], t["limit_train_batches"])
+        cell.eval_steps = _steps(n_val, 2 * t["batch_size"], t["limit_eval_batches"])
+        cell.test_steps = _steps(shape.num_test, 2 * t["batch_size"], t["limit_eval_batches"])
+        if step is not None:
+            # an eval batch is twice a training batch, each image about EVAL_COST of a training image
+            eval_step = 2 * EVAL_COST * step
+            seconds = t["max_epochs"] * (cell.train_steps * step + cell.eval_steps * eval_step)
+            cell.hours = (seconds + cell.test_steps * eval_step) / 3600
+    plan.wall_s = time.perf_counter() - started
+    return plan
+
+
+def _varying(cells: Sequence[Cell]) -> list[str]:
+    """Override keys whose value differs between cells (the ones worth a column)."""
+    rows = [dict(o.partition("=")[::2] for o in c.overrides) for c in cells]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [k for k in keys if len({r.get(k) for r in rows}) > 1]
+
+
+def _fmt_hours(h: float | None) -> str:
+    if h is None:
+        return "–"
+    return f"{h * 60:.1f} min" if h < 1 else f"{h:.2f} h"
+
+
+def format_plan(plan: Plan) -> str:
+    cells = plan.cells
+    varying = _varying(cells) if cells else []
+    head = [
+        "#",
+        *varying,
+        "stored params",
+        "dense params",
+        "ratio",
+        "MMACs",
+        "step ms",
+        "steps/epoch",
+        "epochs",
+        "est. time",
+    ]
+    rows = []
+    for i, c in enumerate(cells, 1):
+        values = dict(o.partition("=")[::2] for o in c.overrides)
+        row = [str(i), *(values.get(k, "") for k in varying)]
+        if c.error:
+            row += [f"ERROR: {c.error}"] + [""] * (len(head) - len(row) - 1)
+        else:
+            row += [
+                f"{c.stored_params:,}",
+                f"{c.dense_params:,}",
+                f"{c.compression_ratio:.2f}x",
+                f"{c.macs / 1e6:.2f}",
+                "–" if c.step_time_s is None else f"{1000 * c.step_time_s:.1f}",
+                f"{c.train_steps:,}",
+                str(c.config["trainer"]["max_epochs"]),
+                _fmt_hours(c.hours),
+            ]
+        rows.append(row)
+    widths = [max(len(str(r[j])) for r in [head, *rows] if j < len(r)) for j in range(len(head))]
+    widths = [min(w, 60) for w in widths]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
+    bad = sum(c.error is not None for c in cells)
+    lines.append("")
+    lines.append(
+        f"{len(cells)} cells ({len(cells) - bad} valid, {bad} with errors); {plan.models_built} models built, "
+        f"{plan.timings} architectures timed on {plan.device} in {plan.wall_s:.1f}s"
+    )
+    if plan.hours is not None:
+        lines.append(
+            f"estimated cost: {plan.hours:.3f} {plan.unit} ({_fmt_hours(plan.hours)} run one after another on "
+            f"{plan.device}; step times of random batches, evaluation at 1/3 the cost of a training image)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cnncomp.plan",
+        description="Dry run of a sweep: cells, stored parameters, compression ratios and estimated cost.",
+        epilog="Overrides as for `python -m cnncomp.train --multirun`, e.g. experiment=grid_study, or "
+        "model=lenet,alexnet kernel=dct,dst layers=linear,conv",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists are swept")
+    parser.add_argument("-m", "--multirun", action="store_true", help="accepted and ignored (always a sweep)")
+    parser.add_argument("--no-time", action="store_true", help="skip the step timing (no cost estimate)")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per distinct architecture")
+    parser.add_argument("--config-dir", default=str(CONF), help="Hydra config dir (default: the package's conf/)")
+    parser.add_argument("--config-name", default="config")
+    args = parser.parse_args(argv)
+    try:
+        plan = plan_sweep(
+            args.overrides,
+            measure=not args.no_time,
+            budget_s=args.budget,
+            config_dir=args.config_dir,
+            config_name=args.config_name,
+        )
+    except Exception as err:  # a malformed override or config: one message, no traceback
+        print(f"cnncomp.plan: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(format_plan(plan))
+    return 1 if any(c.error for c in plan.cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

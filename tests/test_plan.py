@@ -1,0 +1,106 @@
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cnncomp.compress import stored_params
+from cnncomp.models import build_model
+from cnncomp.plan import DataShape, data_shape, main, plan_sweep
+from cnncomp.report import sweep_cells
+from cnncomp.surgery import compress_model
+from tests.conftest import CONF, ROOT
+
+
+def preset_params(name: str) -> dict[str, str]:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    return {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params).items()}
+
+
+@pytest.mark.parametrize("name, cells", [("grid_study", 45), ("grid_keep", 16), ("grid_smoke", 4)])
+def test_preset_grids_expand_to_their_cell_count(name, cells):
+    if not (CONF / "experiment" / f"{name}.yaml").exists():
+        pytest.skip(f"preset {name} not there")
+    expanded = sweep_cells([f"experiment={name}"], preset_params(name))
+    assert len(expanded) == cells and len({tuple(c) for c in expanded}) == cells
+    assert all(f"experiment={name}" in c for c in expanded)
+
+
+def test_smoke_preset_plan_equals_directly_built_models():
+    plan = plan_sweep(["experiment=grid_smoke"], budget_s=0.2)
+    assert [c.overrides for c in plan.cells] == [
+        ["kernel=dct", "layers=linear", "experiment=grid_smoke"],
+        ["kernel=dct", "layers=conv", "experiment=grid_smoke"],
+        ["kernel=dst", "layers=linear", "experiment=grid_smoke"],
+        ["kernel=dst", "layers=conv", "experiment=grid_smoke"],
+    ]
+    for cell in plan.cells:
+        assert cell.error is None
+        model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+        dense = stored_params(model)
+        kernel, layers = cell.config["kernel"]["name"], cell.config["layers"]["name"]
+        model, _ = compress_model(model, kernel=kernel, layers=layers, keep=0.25)
+        assert (cell.dense_params, cell.stored_params) == (dense, stored_params(model))
+        assert cell.compression_ratio == dense / stored_params(model)
+        # grid_smoke: 256 synthetic images, 10 % validation, batch 32 -> 231 / 32 -> 8 steps
+        assert (cell.train_steps, cell.eval_steps, cell.test_steps) == (8, 1, 1)
+        assert cell.step_time_s > 0 and cell.hours > 0
+    assert plan.unit in ("CPU-hours", "GPU-hours") and plan.hours == pytest.approx(sum(c.hours for c in plan.cells))
+    assert plan.cells[0].stored_params == 17_516 and plan.cells[1].stored_params == 59_792
+
+
+def test_command_line_lists_override_preset_params_and_the_estimate_scales_with_epochs():
+    plan = plan_sweep(
+        ["experiment=grid_smoke", "kernel=none,dct,dft", "layers=all", "trainer.max_epochs=1,4"], budget_s=0.2
+    )
+    assert len(plan.cells) == 6 and plan.models_built == 3
+    assert plan.timings == 2  # dct and dft compress to the same shapes: one timing
+    by = {(c.config["kernel"]["name"], c.config["trainer"]["max_epochs"]): c for c in plan.cells}
+    assert by[("dct", 1)].step_time_s == by[("dft", 4)].step_time_s
+    for kernel in ("none", "dct", "dft"):
+        one, four = by[(kernel, 1)], by[(kernel, 4)]
+        step = one.step_time_s
+        eval_step = 2 / 3 * step
+        epoch = (one.train_steps * step + one.eval_steps * eval_step) / 3600
+        test = one.test_steps * eval_step / 3600
+        assert one.hours == pytest.approx(epoch + test) and four.hours == pytest.approx(4 * epoch + test)
+        assert four.hours > 3 * one.hours
+
+
+def test_limits_and_dataset_sizes_without_loading_data():
+    assert data_shape({"name": "cifar100"}) == DataShape(3, 32, 100, 50_000, 10_000)
+    plan = plan_sweep(
+        ["dataset=cifar10", "model=lenet", "kernel=dct", "trainer.limit_train_batches=7", "trainer.max_epochs=2"],
+        measure=False,
+    )
+    (cell,) = plan.cells
+    # cifar10 needs no files here: 50,000 - 5,000 validation images
+    assert cell.error is None and cell.train_steps == 7 and cell.eval_steps == 20 and cell.test_steps == 40
+    assert cell.hours is None and plan.hours is None
+    model = build_model("lenet", num_classes=10, in_channels=3, image_size=32)
+    model, _ = compress_model(model, kernel="dct", layers="all", keep=0.25)
+    assert cell.stored_params == stored_params(model)
+
+
+def test_bad_cells_are_reported_not_raised():
+    plan = plan_sweep(["experiment=grid_smoke", "kernel=dct", "layers=all", "kernel.keep=0,0.5"], measure=False)
+    bad, good = plan.cells
+    assert "keep" in bad.error and bad.stored_params is None
+    assert good.error is None and good.stored_params > 0
+
+
+def test_cli_prints_the_cell_count_and_table():
+    run = subprocess.run(
+        [sys.executable, "-m", "cnncomp.plan", "--multirun", "experiment=grid_smoke", "kernel.keep=0.5,0.25"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "8 cells (8 valid, 0 with errors)" in out and "estimated cost:" in out
+    assert "17,516" in out  # lenet dct linear keep 0.25
+    assert main(["experiment=grid_smoke", "kernel=nope", "--no-time"]) == 1

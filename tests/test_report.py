@@ -1,0 +1,240 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnncomp.report import CSV_FIELDS, analyze, main, pareto_front, sweep_cells, write_report
+from tests.conftest import ROOT
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_of_known_points():
+    pts = [(1.0, 0.90), (3.0, 0.91), (1.1, 0.85), (4.0, 0.80), (3.0, 0.88), (4.0, 0.80), (0.5, 0.95), (2.0, 0.95)]
+    # (2, .95) dominates (1, .90), (1.1, .85) and (0.5, .95); (3, .91) dominates (3, .88); the two
+    # equal (4, .80) points both stay
+    assert pareto_front(pts) == [7, 1, 3, 5]
+    assert pareto_front([]) == []
+    assert pareto_front([(1.0, 0.5)]) == [0]
+
+
+def test_sweep_cells_expand_like_hydra_with_params_first_and_the_command_line_winning():
+    cells = sweep_cells(
+        ["dataset=synthetic", "kernel=none,dct"], {"kernel": "dst,dft,wavelet", "layers": "linear,conv"}
+    )
+    assert cells == [
+        ["kernel=none", "layers=linear", "dataset=synthetic"],
+        ["kernel=none", "layers=conv", "dataset=synthetic"],
+        ["kernel=dct", "layers=linear", "dataset=synthetic"],
+        ["kernel=dct", "layers=conv", "dataset=synthetic"],
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# a crafted sweep: known accuracies, one failed cell, one missing, one duplicate
+
+
+def record(kernel, layers, acc, ratio, status="completed", error=None, ended="2026-01-01T00:00:00", model="lenet"):
+    return {
+        "status": status,
+        "error": error,
+        "overrides": [f"model={model}", f"kernel={kernel}", f"layers={layers}", "trainer.max_epochs=2"],
+        "model": model,
+        "dataset": "synthetic",
+        "kernel": kernel,
+        "layers": layers,
+        "keep": 1.0 if kernel == "none" else 0.25,
+        "selection": None if kernel == "none" else "block",
+        "test_acc": acc if status == "completed" else None,
+        "dense_params": 1000,
+        "stored_params": round(1000 / ratio),
+        "compression_ratio": ratio,
+        "model_bytes": 4000 / ratio,
+        "images_per_s": 1234.5,
+        "ended_at": ended,
+        "config": {"not": "in the csv"},
+    }
+
+
+def write_sweep(root: Path, records: dict[str, dict], task: list[str], params: dict | None = None) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    multirun = {"hydra": {"overrides": {"task": task}, "sweeper": {"params": params}}, "model": {"name": "lenet"}}
+    (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    for name, r in records.items():
+        (root / name).mkdir()
+        (root / name / "result.json").write_text(json.dumps(r))
+
+
+@pytest.fixture
+def crafted(tmp_path):
+    sweep = tmp_path / "sweep"
+    records = {
+        "none-linear": record("none", "linear", 0.90, 1.0),
+        "dct-linear": record("dct", "linear", 0.91, 3.0),
+        "dct-conv": record("dct", "conv", 0.85, 1.1),
+        "dct-all": record("dct", "all", 0.80, 4.0),
+        "dst-linear": record("dst", "linear", 0.88, 3.0),
+        "dst-conv": record("dst", "conv", None, 1.1, status="failed", error="RuntimeError: boom"),
+        "wavelet-all": record("wavelet", "all", 0.80, 4.0),
+        "wavelet-conv": record("wavelet", "conv", None, 1.1, status="diverged", error="non-finite loss in epoch 1"),
+    }
+    write_sweep(
+        sweep,
+        records,
+        ["model=lenet", "trainer.max_epochs=2", "layers=linear,conv,all"],
+        {"kernel": "none,dct,dst,wavelet"},
+    )
+    # a record being written: only the temp file of the atomic write exists so far
+    (sweep / "none-conv").mkdir()
+    (sweep / "none-conv" / ".result.json.abc123.tmp").write_text('{"status": "compl')
+    (sweep / "none-conv" / ".hydra").mkdir()
+    (sweep / "none-conv" / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["kernel=none", "layers=conv", "model=lenet", "trainer.max_epochs=2"])
+    )
+    return sweep
+
+
+def test_report_of_a_crafted_sweep(crafted):
+    report = write_report([crafted])
+    by = {(r["kernel"], r["layers"]): r for r in report.records}
+    assert len(by) == 8
+    # 4 kernels x 3 layers = 12 expected; 8 have records
+    missing = {" ".join(sorted(c)) for c in report.missing}
+    assert missing == {
+        " ".join(sorted(["model=lenet", "trainer.max_epochs=2", f"kernel={k}", f"layers={l}"]))
+        for k, l in [("none", "conv"), ("none", "all"), ("dst", "all"), ("wavelet", "linear")]
+    }
+    assert [sorted(c) for c in report.started] == [
+        ["kernel=none", "layers=conv", "model=lenet", "trainer.max_epochs=2"]
+    ]
+    assert {(r["kernel"], r["layers"]) for r in report.failed} == {("dst", "conv"), ("wavelet", "conv")}
+    # Δ against the dense baseline (0.90)
+    assert by[("dct", "linear")]["_delta"] == pytest.approx(0.01)
+    assert by[("dct", "all")]["_delta"] == pytest.approx(-0.10)
+    assert by[("none", "linear")]["_delta"] == pytest.approx(0.0)
+    assert by[("dst", "conv")]["_delta"] is None
+    front = {k for k, r in by.items() if r.get("_pareto")}
+    assert front == {("dct", "linear"), ("dct", "all"), ("wavelet", "all")}
+    assert report.common == {"model": "lenet", "trainer.max_epochs": "2"} and report.varying == []
+
+    md = (crafted / "report.md").read_text()
+    assert "**6 completed, 2 failed/diverged/interrupted, 4 missing** (1 of them started)" in md
+    assert "| dct | linear | 0.25 | completed | 91.00 | +1.00 | 333 | 3.00× | 1.3 KiB | 1,234 | ★ |" in md
+    assert "| dst | linear | 0.25 | completed | 88.00 | -2.00 | 333 | 3.00× | 1.3 KiB | 1,234 |  |" in md
+    assert "RuntimeError: boom" in md and "non-finite loss in epoch 1" in md
+    assert "`kernel=none model=lenet trainer.max_epochs=2 layers=conv` (started, no result yet)" in md
+    assert "`kernel=dst model=lenet trainer.max_epochs=2 layers=all`" in md
+    png = crafted / "accuracy_vs_compression_lenet_synthetic.png"
+    assert png.read_bytes()[:8] == PNG and "(accuracy_vs_compression_lenet_synthetic.png)" in md
+
+    rows = list(csv.DictReader((crafted / "results.csv").open()))
+    assert len(rows) == 8 and list(rows[0]) == CSV_FIELDS
+    row = next(r for r in rows if r["kernel"] == "dct" and r["layers"] == "linear")
+    assert float(row["test_acc"]) == 0.91 and float(row["delta_test_acc"]) == pytest.approx(0.01)
+    assert row["pareto"] == "True" and float(row["baseline_test_acc"]) == 0.90
+    failed = next(r for r in rows if r["kernel"] == "dst" and r["layers"] == "conv")
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: boom" and failed["test_acc"] == ""
+
+
+def test_several_dirs_take_the_newest_completed_record_of_a_cell(crafted, tmp_path):
+    rerun = tmp_path / "rerun"
+    # the failed cell rerun in another sweep dir, and an older failed copy of a completed cell
+    write_sweep(
+        rerun,
+        {
+            "dst-conv": record("dst", "conv", 0.87, 1.1, ended="2026-02-01T00:00:00"),
+            "dct-linear": record("dct", "linear", None, 3.0, status="failed", error="old", ended="2025-01-01T00:00:00"),
+        },
+        ["model=lenet", "trainer.max_epochs=2", "kernel=dst,dct", "layers=conv,linear"],
+    )
+    out = tmp_path / "out"
+    report = write_report([crafted, rerun], out=out)
+    by = {(r["kernel"], r["layers"]): r for r in report.records}
+    assert report.duplicates == 2
+    assert by[("dst", "conv")]["status"] == "completed" and by[("dst", "conv")]["test_acc"] == 0.87
+    assert by[("dct", "linear")]["status"] == "completed" and by[("dct", "linear")]["test_acc"] == 0.91
+    assert {(r["kernel"], r["layers"]) for r in report.failed} == {("wavelet", "conv")}
+    assert (out / "report.md").exists() and not (crafted / "report.md").exists()
+
+
+def test_baseline_is_per_model_and_other_overrides(tmp_path):
+    sweep = tmp_path / "s"
+    recs = {}
+    for model, base in (("lenet", 0.9), ("alexnet", 0.5)):
+        for seed, shift in ((0, 0.0), (1, 0.02)):
+            for kernel, acc in (("none", base + shift), ("dct", base - 0.1)):
+                r = record(kernel, "all", acc, 1.0 if kernel == "none" else 4.0, model=model)
+                r["overrides"] = r["overrides"] + [f"trainer.seed={seed}"]
+                recs[f"{model}-{kernel}-{seed}"] = r
+    write_sweep(
+        sweep,
+        recs,
+        ["model=lenet,alexnet", "kernel=none,dct", "layers=all", "trainer.max_epochs=2", "trainer.seed=0,1"],
+    )
+    report = analyze([sweep])
+    assert not report.missing and report.varying == ["trainer.seed"]
+    assert list(report.groups) == [("alexnet", "synthetic"), ("lenet", "synthetic")]
+    delta = {(r["model"], r["kernel"], r["_other"]): r["_delta"] for r in report.records}
+    assert delta[("lenet", "dct", "trainer.seed=0")] == pytest.approx(-0.1)
+    assert delta[("lenet", "dct", "trainer.seed=1")] == pytest.approx(-0.12)
+    assert delta[("alexnet", "dct", "trainer.seed=1")] == pytest.approx(-0.12)
+
+
+def test_report_of_a_real_sweep(tmp_path):
+    """A real multirun through the train CLI (grid_smoke with kernel=none,dct), then the report;
+    every CSV value equals the record's, and a removed record shows up as a missing cell."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "experiment=grid_smoke",
+        "kernel=none,dct",
+        "dataset.num_train=96",
+        "dataset.num_test=32",
+        "trainer.batch_size=16",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "cnncomp.train", "--multirun", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("result.json")}
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results.values())
+
+    assert main([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert len(rows) == 4
+    for row in rows:
+        r = results[Path(row["run_dir"]).name]
+        for key in CSV_FIELDS:
+            if key in ("baseline_test_acc", "delta_test_acc", "pareto", "run_dir"):
+                continue
+            want = " ".join(r[key]) if key == "overrides" else r.get(key)
+            assert row[key] == ("" if want is None else str(want)), key
+    base = [r for r in results.values() if r["kernel"] == "none"]
+    mean = sum(r["test_acc"] for r in base) / 2
+    for row in rows:
+        assert float(row["delta_test_acc"]) == pytest.approx(results[Path(row["run_dir"]).name]["test_acc"] - mean)
+    md = (sweep / "report.md").read_text()
+    assert "## lenet on synthetic" in md and "**4 completed, 0 failed/diverged/interrupted, 0 missing**" in md
+    assert md.count("| completed |") == 4
+    assert (sweep / "accuracy_vs_compression_lenet_synthetic.png").read_bytes()[:8] == PNG
+
+    # the sweep "still running": one cell has not written its record yet
+    victim = next(p for p in sweep.rglob("result.json") if "kernel=dct,layers=conv" in str(p))
+    victim.unlink()
+    report = write_report([sweep])
+    assert [sorted(c) for c in report.missing] == [sorted(results[victim.parent.name]["overrides"])]
+    assert report.started == report.missing  # its job dir holds .hydra/overrides.yaml
+
+
+def test_cli_on_a_missing_dir(tmp_path):
+    assert main([str(tmp_path / "nope")]) == 2

@@ -25,14 +25,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+from torch.nn.utils import parametrize
 
 from cnncomp import data, engine
 from cnncomp.compress import stored_params
 from cnncomp.measure import count_macs
-from cnncomp.models import build_model
-from cnncomp.report import sweep_cells
-from cnncomp.surgery import compress_model
-from cnncomp.train import ConfigError, _compression_kwargs, check_config, resolve_device
+from cnncomp.sweep import sweep_cells
+from cnncomp.train import ConfigError, build_run_model, check_config, resolve_device
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # What build_data would load, known without loading it: (channels, image size, classes, train, test).
@@ -241,25 +240,19 @@ def plan_sweep(
             cfg["model"]["name"],
             shape,
             cfg["layers"]["name"],
-            repr(sorted(_compression_kwargs(cfg["kernel"]).items())),
+            repr(sorted(cfg["kernel"].items())),
             *(str(cfg["trainer"][k]) for k in ("batch_size", "precision", "optimizer")),
         )
         if key not in built:
             try:
-                model = build_model(
-                    cfg["model"]["name"],
-                    num_classes=shape.num_classes,
-                    in_channels=shape.in_channels,
-                    image_size=shape.image_size,
+                model, _, _, dense = build_run_model(
+                    cfg, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
                 )
-                dense = stored_params(model)
-                # MACs are those of the dense network (count_macs counts folded layers): count them
-                # once per architecture, on the dense model, without rebuilding compressed weights
-                arch = (cfg["model"]["name"], shape)
+                arch = (cfg["model"]["name"], shape)  # MACs are those of the dense network
                 if arch not in macs_of:
-                    macs_of[arch] = count_macs(model, (shape.in_channels, shape.image_size, shape.image_size))
+                    with parametrize.cached():
+                        macs_of[arch] = count_macs(model, (shape.in_channels, shape.image_size, shape.image_size))
                 macs = macs_of[arch]
-                model, _ = compress_model(model, layers=cfg["layers"]["name"], **_compression_kwargs(cfg["kernel"]))
                 plan.models_built += 1
                 stored = stored_params(model)
                 step = None

@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from cnncomp import atomic
+from cnncomp.sweep import sweep_cells
 
 log = logging.getLogger("cnncomp.report")
 
@@ -75,17 +75,6 @@ CSV_FIELDS = [
 
 # ---------------------------------------------------------------------------------------------
 # the cells of a sweep
-
-
-def sweep_cells(
-    arguments: Sequence[str], params: Mapping[str, str] | None = None, config_loader: Any = None
-) -> list[list[str]]:
-    """The job overrides of every cell of a sweep, expanded exactly as Hydra's BasicSweeper does:
-    `hydra.sweeper.params` first, then the command-line task overrides (a later key wins), then
-    the cartesian product of the comma lists. `config_loader` is needed only for `glob(...)` sweeps."""
-    parser = OverridesParser.create(config_loader=config_loader)
-    args = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    return BasicSweeper.split_arguments(parser.parse_overrides(args), None)[0]
 
 
 def cell_key(overrides: Iterable[str]) -> frozenset[str]:

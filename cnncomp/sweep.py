@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +58,32 @@ def failed_return(overrides: list[str], error: str) -> JobReturn:
 # --------------------------------------------------------------------------------- sweep overrides
 
 
-def _sweep_overrides(cfg: DictConfig) -> list:
-    """The parsed overrides the basic sweeper expands: `hydra.sweeper.params`, then the command line."""
+def sweep_cells(
+    arguments: Sequence[str], params: Mapping[str, Any] | None = None, config_loader: Any = None
+) -> list[list[str]]:
+    """The job overrides of every cell of a sweep, expanded exactly as Hydra's BasicSweeper does:
+    `hydra.sweeper.params` first, then the command-line task overrides (a later key wins), then
+    the cartesian product of the comma lists. `config_loader` is needed only for `glob(...)` sweeps."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parser = OverridesParser.create(config_loader=config_loader)
+    return BasicSweeper.split_arguments(parser.parse_overrides(_override_strings(arguments, params)), None)[0]
+
+
+def _override_strings(arguments: Sequence[str], params: Mapping[str, Any] | None) -> list[str]:
+    return [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+
+
+def _sweep_params(cfg: DictConfig) -> tuple[list[str], dict[str, Any]]:
+    """A multirun's command-line task overrides and its `hydra.sweeper.params`."""
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    strings = [f"{k}={v}" for k, v in params.items()]
-    strings += list(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
-    return OverridesParser.create().parse_overrides(strings)
+    return list(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)), dict(params)
 
 
 def varying_keys(cfg: DictConfig) -> tuple[list[str], list[str]]:
     """(keys swept over, keys set to one value) among a multirun's task overrides."""
     last: dict[str, Any] = {}
-    for o in _sweep_overrides(cfg):
+    for o in OverridesParser.create().parse_overrides(_override_strings(*_sweep_params(cfg))):
         last[o.key_or_group] = o  # the command line wins over hydra.sweeper.params
     vary = [k for k, o in last.items() if o.is_sweep_override()]
     fixed = [k for k, o in last.items() if not o.is_sweep_override()]
@@ -80,13 +95,10 @@ def expected_cells(cfg: DictConfig) -> list[list[str]] | None:
     target = str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "")
     if not target.endswith("BasicSweeper"):
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
     try:
-        batches = BasicSweeper.split_arguments(_sweep_overrides(cfg), None)
+        return sweep_cells(*_sweep_params(cfg))
     except Exception:  # a sweep type the basic sweeper rejects: it will say so itself
         return None
-    return [list(job) for batch in batches for job in batch]
 
 
 def _quote(s: str) -> str:

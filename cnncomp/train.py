@@ -112,6 +112,23 @@ def _compression_kwargs(k: dict[str, Any]) -> dict[str, Any]:
     return {"kernel": k["name"], **{n: k[n] for n in names}, **_kernel_opts(k)}
 
 
+def build_run_model(
+    config: dict[str, Any], *, num_classes: int, in_channels: int, image_size: int
+) -> tuple[torch.nn.Module, list[dict], dict[str, Any], int]:
+    """The run's model, compressed as configured and untrained: (model, per-layer summary, the
+    build_model arguments, the dense model's parameter count)."""
+    model_args = {
+        "name": config["model"]["name"],
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+    }
+    model = build_model(**model_args)
+    dense_params = stored_params(model)
+    model, summary = compress_model(model, layers=config["layers"]["name"], **_compression_kwargs(config["kernel"]))
+    return model, summary, model_args, dense_params
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -250,7 +267,7 @@ def _checkpoint_meta(config: dict, result: dict, model_args: dict) -> dict[str, 
 def _run(
     config: dict, run_dir: Path, device: torch.device, result: dict, loggers: list, *, name: str, group: str | None
 ) -> None:
-    t, k = config["trainer"], config["kernel"]
+    t = config["trainer"]
     precision = str(t["precision"])
     torch.manual_seed(t["seed"])
     dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
@@ -264,16 +281,13 @@ def _run(
         num_workers=t["num_workers"],
     )
     info = data.info
-    model_args = {
-        "name": config["model"]["name"],
-        "num_classes": info.num_classes,
-        "in_channels": info.in_channels,
-        "image_size": info.image_size,
-    }
-    model = build_model(model_args["name"], **{a: v for a, v in model_args.items() if a != "name"})
-    result["dense_params"] = stored_params(model)
-    model, summary = compress_model(model, layers=config["layers"]["name"], **_compression_kwargs(k))
+    model, summary, model_args, result["dense_params"] = build_run_model(
+        config, num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size
+    )
     model.to(device)
+    channels_last = bool(t.get("channels_last", False))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-d weights and buffers in NHWC order
     log.info("%s on %s, %s\n%s", model_args["name"], info.name, device, format_summary(summary))
     result.update(
         stored_params=stored_params(model),
@@ -296,6 +310,9 @@ def _run(
     loggers += build_loggers(config["logger"], run_dir, config, name=name, group=group)
     has_val = len(data.val) > 0
     evaluate = {"device": device, "precision": precision, "limit": t["limit_eval_batches"]}
+    evaluate["channels_last"] = channels_last
+    # the compiled module shares `model`'s parameters; checkpoints and evaluation use `model`
+    step_model = torch.compile(model) if t.get("compile", False) else model
 
     for epoch in range(state["epoch"] + 1, t["max_epochs"] + 1):
         data.train.set_epoch(epoch)
@@ -303,7 +320,7 @@ def _run(
         interactive = sys.stderr.isatty()
         with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not interactive) as bar:
             fit = engine.train_epoch(
-                model,
+                step_model,
                 data.train,
                 optimizer,
                 schedule,
@@ -311,6 +328,7 @@ def _run(
                 precision=precision,
                 limit=t["limit_train_batches"],
                 progress=bar,
+                channels_last=channels_last,
             )
         state["train_time_s"] += time.perf_counter() - start
         state["train_images"] += fit["images"]
@@ -413,7 +431,7 @@ def _print_summary(r: dict[str, Any]) -> None:
         lines.append(
             f"  parameters {r['dense_params']:,} dense -> {r['stored_params']:,} stored ({r['compression_ratio']:.2f}x)"
         )
-    if r.get("model_bytes"):
+    if r.get("dense_model_bytes"):
         lines.append(
             f"  size on disk {r['model_bytes'] / 1024:.1f} KiB (dense {r['dense_model_bytes'] / 1024:.1f} KiB)"
         )

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from cnncomp.compress import stored_params
 from cnncomp.models import build_model
 from cnncomp.plan import DataShape, data_shape, main, plan_sweep
-from cnncomp.report import sweep_cells
 from cnncomp.surgery import compress_model
+from cnncomp.sweep import sweep_cells
 from tests.conftest import CONF, ROOT
 
 
@@ -48,7 +48,7 @@ def test_smoke_preset_plan_equals_directly_built_models():
         assert (cell.train_steps, cell.eval_steps, cell.test_steps) == (8, 1, 1)
         assert cell.step_time_s > 0 and cell.hours > 0
     assert plan.unit in ("CPU-hours", "GPU-hours") and plan.hours == pytest.approx(sum(c.hours for c in plan.cells))
-    assert plan.cells[0].stored_params == 17_516 and plan.cells[1].stored_params == 59_792
+    assert plan.cells[0].stored_params == 17_486 and plan.cells[1].stored_params == 59_792
 
 
 def test_command_line_lists_override_preset_params_and_the_estimate_scales_with_epochs():
@@ -76,8 +76,8 @@ def test_limits_and_dataset_sizes_without_loading_data():
         measure=False,
     )
     (cell,) = plan.cells
-    # cifar10 needs no files here: 50,000 - 5,000 validation images
-    assert cell.error is None and cell.train_steps == 7 and cell.eval_steps == 20 and cell.test_steps == 40
+    # cifar10 needs no files here: 5,000 validation and 10,000 test images in batches of 2 x 64
+    assert cell.error is None and cell.train_steps == 7 and cell.eval_steps == 40 and cell.test_steps == 79
     assert cell.hours is None and plan.hours is None
     model = build_model("lenet", num_classes=10, in_channels=3, image_size=32)
     model, _ = compress_model(model, kernel="dct", layers="all", keep=0.25)
@@ -102,5 +102,5 @@ def test_cli_prints_the_cell_count_and_table():
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "8 cells (8 valid, 0 with errors)" in out and "estimated cost:" in out
-    assert "17,516" in out  # lenet dct linear keep 0.25
+    assert "17,486" in out  # lenet dct linear keep 0.25
     assert main(["experiment=grid_smoke", "kernel=nope", "--no-time"]) == 1

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnncomp.report import CSV_FIELDS, analyze, main, pareto_front, sweep_cells, write_report
+from cnncomp.report import CSV_FIELDS, analyze, main, pareto_front, write_report
+from cnncomp.sweep import sweep_cells
 from tests.conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"

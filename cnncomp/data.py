@@ -211,7 +211,9 @@ def build_data(
     if augment is None:
         augment = name in _AUGMENT_BY_DEFAULT
     common = dict(mean=info.mean, std=info.std, device=device)
-    evaluate = dict(batch_size=eval_batch_size or 2 * batch_size, shuffle=False, **common)
+    # held-out batches come in one fixed seeded order (epoch 0, never advanced): image folders list
+    # their images class by class, and `limit_eval_batches` must see a random sample, not one class
+    evaluate = dict(batch_size=eval_batch_size or 2 * batch_size, shuffle=True, seed=seed, **common)
     return DataSplits(
         train=TensorLoader(
             raw.train_x[train_idx],
@@ -454,7 +456,9 @@ def _decode_images(files: list[str] | list[bytes], size: int) -> torch.Tensor:
     chunks = [files[i : i + _DECODE_CHUNK] for i in range(0, len(files), _DECODE_CHUNK)]
     decode = partial(_decode_chunk, size=size)
     if len(chunks) > 1:
-        with multiprocessing.Pool(min(os.cpu_count() or 1, len(chunks))) as pool:
+        # spawn, not fork: forking a process that runs threads (torch, loggers) can copy a held lock
+        # into the workers and hang the pool
+        with multiprocessing.get_context("spawn").Pool(min(os.cpu_count() or 1, len(chunks))) as pool:
             parts = pool.map(decode, chunks)
     else:
         parts = [decode(chunk) for chunk in chunks]

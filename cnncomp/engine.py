@@ -17,20 +17,39 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def build_optimizer(
-    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum or AdamW; no weight decay on biases and normalization parameters.
-    Decay on transform coefficients equals decay on the weight: the bases are orthonormal."""
+    Decay on transform coefficients equals decay on the weight: the bases are orthonormal.
+
+    fused=None (default) uses the fused single-kernel update where this torch has one for the
+    parameters' device (CUDA; CPU too since torch 2.4: 3x faster than the per-tensor loop for
+    LeNet-5 here) and the multi-tensor `foreach` update otherwise; False forces `foreach`.
+    """
     decay, no_decay = [], []
     for module in model.modules():
         for name_, p in module.named_parameters(recurse=False):
             (no_decay if isinstance(module, NORM_LAYERS) or name_ == "bias" else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+        cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": True}
+    elif name == "adamw":
+        cls, kwargs = torch.optim.AdamW, {"lr": lr}
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if fused is not False:
+        try:
+            return cls(groups, **kwargs, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device/dtype/torch
+            if fused:
+                raise
+    return cls(groups, **kwargs, foreach=True)
 
 
 def build_schedule(
@@ -39,7 +58,9 @@ def build_schedule(
     """A per-step learning-rate schedule over `total_steps` (None for a constant rate)."""
     if name == "onecycle":
         lrs = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=total_steps, pct_start=0.25)
+        # OneCycleLR divides by pct_start * total_steps - 1, which is 0 for 4 steps at 0.25
+        pct_start = 0.3 if total_steps == 4 else 0.25
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=total_steps, pct_start=pct_start)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if name == "none":
@@ -51,11 +72,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _batches(loader: Iterable, limit: int | None) -> Iterable:
-    for i, batch in enumerate(loader):
+def _batches(loader: Iterable, limit: int | None, channels_last: bool = False) -> Iterable:
+    for i, (x, y) in enumerate(loader):
         if limit is not None and i >= limit:
             return
-        yield batch
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # (N, C, H, W) stored as NHWC
+        yield x, y
 
 
 def train_epoch(
@@ -68,13 +91,16 @@ def train_epoch(
     precision: str = "32",
     limit: int | None = None,
     progress=None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
-    """One pass over `loader`; loss and accuracy accumulate on the device (one sync per epoch)."""
+    """One pass over `loader`; loss and accuracy accumulate on the device (one sync per epoch: the
+    step itself never waits for the device). `model` may be a `torch.compile`d module;
+    channels_last passes 4-d inputs in NHWC memory order (use with a channels_last model)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for x, y in _batches(loader, limit):
+    for x, y in _batches(loader, limit, channels_last):
         with _autocast(device, precision):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -99,6 +125,7 @@ def evaluate(
     device: torch.device,
     precision: str = "32",
     limit: int | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """Mean loss and accuracy; compressed weights are rebuilt once, not once per batch."""
     model.eval()
@@ -106,7 +133,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     with parametrize.cached():
-        for x, y in _batches(loader, limit):
+        for x, y in _batches(loader, limit, channels_last):
             with _autocast(device, precision):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")

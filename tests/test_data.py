@@ -382,3 +382,12 @@ def test_synthetic_is_deterministic_and_learnable() -> None:
         12,
         12,
     )
+
+
+def test_held_out_batches_are_a_fixed_random_sample_of_a_class_sorted_folder(tmp_path: Path) -> None:
+    _write_tree(tmp_path / "tree", {"train": {"a": 4, "b": 4}, "test": {"a": 20, "b": 20}}, size=4)
+    splits = data.build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path / "cache", batch_size=5)
+    assert splits.test.labels.tolist() == [0] * 20 + [1] * 20  # stored in folder order
+    first = [next(iter(splits.test))[1].tolist() for _ in range(2)]
+    assert first[0] == first[1] and 0 < sum(first[0]) < len(first[0])  # one fixed order, both classes
+    assert sorted(torch.cat([y for _, y in splits.test]).tolist()) == [0] * 20 + [1] * 20

@@ -244,7 +244,7 @@ def test_synthetic_data_is_learnable(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel, floor", [("dct", 0.87), ("none", 0.90)])
+@pytest.mark.parametrize("kernel, floor", [("dct", 0.865), ("none", 0.895)])  # measured 0.874, 0.906
 def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
     need(FASHION_MNIST, "Debian's dataset-fashion-mnist")
     r = train(make_cfg([f"kernel={kernel}", f"dataset.root={data_root}"]), run_dir=tmp_path)
@@ -271,7 +271,7 @@ def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
     ],
 )
 def test_cifar10_jpeg_through_imagefolder(model, overrides, floor, tmp_path, data_root):
-    need(CIFAR10_JPEG, "the CIFAR-10 JPEG archive")
+    need(CIFAR10_JPEG, "the CIFAR-10 JPEG archive (../shared/data)", in_ci=False)
     cfg = make_cfg(
         [
             f"model={model}",

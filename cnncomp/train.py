@@ -64,6 +64,8 @@ def check_config(c: dict[str, Any]) -> None:
             t[key] is None or (isinstance(t[key], int) and t[key] >= 1),
             f"trainer.{key} must be null or an integer >= 1, got {t[key]!r}",
         )
+    for key in ("deterministic", "channels_last", "compile"):
+        _require(isinstance(t[key], bool), f"trainer.{key} must be true or false, got {t[key]!r}")
     _require(isinstance(t["lr"], (int, float)) and t["lr"] > 0, f"trainer.lr must be > 0, got {t['lr']!r}")
     _require(
         isinstance(t["val_fraction"], (int, float)) and 0 <= t["val_fraction"] < 1,

@@ -76,8 +76,8 @@ def test_limits_and_dataset_sizes_without_loading_data():
         measure=False,
     )
     (cell,) = plan.cells
-    # cifar10 needs no files here: 5,000 validation and 10,000 test images in batches of 2 x 64
-    assert cell.error is None and cell.train_steps == 7 and cell.eval_steps == 40 and cell.test_steps == 79
+    # cifar10 needs no files here: 5,000 validation and 10,000 test images in batches of 2 x 32
+    assert cell.error is None and cell.train_steps == 7 and cell.eval_steps == 79 and cell.test_steps == 157
     assert cell.hours is None and plan.hours is None
     model = build_model("lenet", num_classes=10, in_channels=3, image_size=32)
     model, _ = compress_model(model, kernel="dct", layers="all", keep=0.25)

@@ -244,7 +244,8 @@ def test_synthetic_data_is_learnable(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel, floor", [("dct", 0.865), ("none", 0.895)])  # measured 0.874, 0.906
+# measured (batch 32, lr 0.05, seeds 0 and 1): dct 0.8765, 0.8749; none 0.9037
+@pytest.mark.parametrize("kernel, floor", [("dct", 0.86), ("none", 0.895)])
 def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
     need(FASHION_MNIST, "Debian's dataset-fashion-mnist")
     r = train(make_cfg([f"kernel={kernel}", f"dataset.root={data_root}"]), run_dir=tmp_path)

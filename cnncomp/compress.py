@@ -342,6 +342,18 @@ def stored_params(model: nn.Module) -> int:
     return sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
 
 
+def index_bits(model: nn.Module) -> int:
+    """Bits needed to say which coefficients a non-block selection kept: per layer the smaller of a
+    bitmap (one bit per coefficient) and a list of positions (⌈log2 N⌉ bits each). A block needs
+    none: its sizes are in the config."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, TransformWeight) and module.mask is not None:
+            n, kept = module.mask.numel(), int(module.mask.sum())
+            total += min(n, kept * max(1, math.ceil(math.log2(n))))
+    return total
+
+
 def _dense_layer(module: nn.Module) -> nn.Module:
     weight = module.weight.detach()
     kw = {"bias": module.bias is not None, "device": weight.device, "dtype": weight.dtype}

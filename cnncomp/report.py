@@ -55,6 +55,7 @@ CSV_FIELDS = [
     "epochs_completed",
     "dense_params",
     "stored_params",
+    "index_bits",
     "compression_ratio",
     "model_bytes",
     "dense_model_bytes",

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from cnncomp import atomic, engine
-from cnncomp.compress import check_options, fold, stored_params
+from cnncomp.compress import check_options, fold, index_bits, stored_params
 from cnncomp.data import DataNotFoundError, build_data, list_datasets
 from cnncomp.loggers import LOGGERS, build_loggers
 from cnncomp.measure import count_macs, state_dict_bytes
@@ -293,6 +293,7 @@ def _run(
     log.info("%s on %s, %s\n%s", model_args["name"], info.name, device, format_summary(summary))
     result.update(
         stored_params=stored_params(model),
+        index_bits=index_bits(model),
         layers_summary=summary,
         macs=count_macs(model, (info.in_channels, info.image_size, info.image_size)),
     )

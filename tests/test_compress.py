@@ -12,6 +12,7 @@ from cnncomp.compress import (
     block_sizes,
     compress_module,
     fold,
+    index_bits,
     layer_summary,
     stored_params,
 )
@@ -194,3 +195,14 @@ def test_unsupported_modules_raise():
     twice = compress_module(nn.Linear(8, 4), kernel="dct", keep=0.5)
     with pytest.raises(ValueError, match="already parametrized"):
         compress_module(twice, kernel="dct", keep=0.5)
+
+
+def test_index_bits_is_the_cheaper_of_bitmap_and_positions():
+    dense = nn.Linear(400, 120)
+    block = compress_module(nn.Linear(400, 120), kernel="dct", keep=0.25)
+    sparse = compress_module(nn.Linear(400, 120), kernel="dct", keep=0.01, selection="magnitude")
+    half = compress_module(nn.Linear(400, 120), kernel="dct", keep=0.5, selection="random")
+    assert index_bits(dense) == 0 and index_bits(block) == 0
+    assert index_bits(sparse) == 480 * 16  # 480 positions of ceil(log2 48000) = 16 bits < 48000
+    assert index_bits(half) == 48_000  # a bitmap is cheaper than 24,000 positions
+    assert index_bits(nn.Sequential(sparse, half)) == 480 * 16 + 48_000

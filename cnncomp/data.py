@@ -41,6 +41,13 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# (in_channels, image_size, num_classes, official train size, test size)
+_SHAPES = {
+    "fashion_mnist": (1, 28, 10, 60_000, 10_000),
+    "mnist": (1, 28, 10, 60_000, 10_000),
+    "cifar10": (3, 32, 10, 50_000, 10_000),
+    "cifar100": (3, 32, 100, 50_000, 10_000),
+}
 _AUGMENT_BY_DEFAULT = {"cifar10", "cifar100", "imagefolder"}
 _DECODE_CHUNK = 1000
 
@@ -143,6 +150,43 @@ class DataSplits:
     val: Iterable
     test: Iterable
     info: DatasetInfo
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a dataset is without its pixels: image shape, classes and split sizes."""
+
+    in_channels: int
+    image_size: int
+    num_classes: int
+    num_train: int  # the official training split, before the validation carve-out
+    num_test: int
+
+
+def describe_data(
+    name: str,
+    *,
+    path: str | None = None,
+    image_size: int | None = None,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    num_train: int = 2000,
+    num_test: int = 500,
+) -> DataShape:
+    """The shape and split sizes `build_data` would give, without reading or decoding any image
+    (an image folder is listed and its first image's header read)."""
+    if name in _SHAPES:
+        return DataShape(*_SHAPES[name])
+    if name == "synthetic":
+        return DataShape(in_channels, image_size or 28, num_classes, num_train, num_test)
+    if name != "imagefolder":
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    source = _imagefolder_source(path)
+    train, test = _list_dir(source) if source.is_dir() else _list_tar(source)
+    if image_size is None:
+        with _open_image(train.files[0]) as first:
+            image_size = min(first.size)
+    return DataShape(3, image_size, len(train.classes), len(train.files), len(test.files))
 
 
 def list_datasets() -> list[str]:
@@ -350,8 +394,8 @@ def _load_cifar(name: str, root: Path, download: bool) -> _Arrays:
     return _Arrays(*nchw(train), *nchw(test), len(train.classes), mean, std)
 
 
-def _load_imagefolder(path: str | None, root: Path, image_size: int | None) -> _Arrays:
-    """Decode an ImageFolder tree (or a tar of one) once, then reuse the cached tensors."""
+def _imagefolder_source(path: str | None) -> Path:
+    """The tree or archive `path` names, which must exist."""
     if path is None:
         raise ValueError("dataset 'imagefolder' needs path= (a train/ + test/ or val/ tree, or a tar of one)")
     source = Path(path).expanduser().resolve()
@@ -361,6 +405,12 @@ def _load_imagefolder(path: str | None, root: Path, image_size: int | None) -> _
             "directory with train/<class>/* and test/<class>/* (or val/<class>/*) images, or to a "
             ".tar / .tar.gz of such a directory."
         )
+    return source
+
+
+def _load_imagefolder(path: str | None, root: Path, image_size: int | None) -> _Arrays:
+    """Decode an ImageFolder tree (or a tar of one) once, then reuse the cached tensors."""
+    source = _imagefolder_source(path)
     stat = source.stat()
     key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}".encode()).hexdigest()
     cache = root / "imagefolder" / f"{key[:20]}.pt"

@@ -29,18 +29,13 @@ from torch.nn.utils import parametrize
 
 from cnncomp import data, engine
 from cnncomp.compress import stored_params
+from cnncomp.data import DataShape
 from cnncomp.measure import count_macs
 from cnncomp.sweep import sweep_cells
 from cnncomp.train import ConfigError, build_run_model, check_config, resolve_device
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # What build_data would load, known without loading it: (channels, image size, classes, train, test).
-KNOWN_DATASETS = {
-    "fashion_mnist": (1, 28, 10, 60_000, 10_000),
-    "mnist": (1, 28, 10, 60_000, 10_000),
-    "cifar10": (3, 32, 10, 50_000, 10_000),
-    "cifar100": (3, 32, 100, 50_000, 10_000),
-}
 # An evaluation image costs about a third of a training image (forward only, vs forward + backward).
 EVAL_COST = 1 / 3
 _warm = False
@@ -48,42 +43,10 @@ _warm = False
 PROBE_FRACTION = 16
 
 
-@dataclass(frozen=True)
-class DataShape:
-    in_channels: int
-    image_size: int
-    num_classes: int
-    num_train: int  # the official training split, before the validation carve-out
-    num_test: int
-
-
 def data_shape(options: dict[str, Any]) -> DataShape:
     """The shape and size of a dataset config node, without decoding any image."""
-    name = options["name"]
-    if name in KNOWN_DATASETS:
-        return DataShape(*KNOWN_DATASETS[name])
-    if name == "synthetic":
-        return DataShape(
-            options["in_channels"],
-            options["image_size"] or 28,
-            options["num_classes"],
-            options["num_train"],
-            options["num_test"],
-        )
-    if name == "imagefolder":
-        if options.get("path") is None:
-            raise ConfigError("dataset 'imagefolder' needs dataset.path (a train/ + test/ tree, or a tar of one)")
-        source = Path(options["path"]).expanduser().resolve()
-        if not source.exists():
-            raise data.DataNotFoundError(f"dataset 'imagefolder': {source} does not exist")
-        # lists (a tar is read, not decoded); TODO(lead): a public data.describe() would own this
-        train, test = data._list_dir(source) if source.is_dir() else data._list_tar(source)
-        size = options.get("image_size")
-        if size is None:
-            with data._open_image(train.files[0]) as first:
-                size = min(first.size)
-        return DataShape(3, size, len(train.classes), len(train.files), len(test.files))
-    raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(data.list_datasets())}")
+    keys = ("path", "image_size", "num_classes", "in_channels", "num_train", "num_test")
+    return data.describe_data(options["name"], **{k: options[k] for k in keys if k in options})
 
 
 @dataclass

@@ -391,3 +391,25 @@ def test_held_out_batches_are_a_fixed_random_sample_of_a_class_sorted_folder(tmp
     first = [next(iter(splits.test))[1].tolist() for _ in range(2)]
     assert first[0] == first[1] and 0 < sum(first[0]) < len(first[0])  # one fixed order, both classes
     assert sorted(torch.cat([y for _, y in splits.test]).tolist()) == [0] * 20 + [1] * 20
+
+
+def test_describe_data_matches_what_build_data_gives(tmp_path: Path) -> None:
+    _write_tree(tmp_path / "tree", COUNTS)
+    shape = data.describe_data("imagefolder", path=str(tmp_path / "tree"))
+    built = data.build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path / "cache", val_fraction=0)
+    assert (
+        shape
+        == data.DataShape(3, 8, 3, built.train.num_samples, built.test.num_samples)
+        == data.DataShape(3, 8, 3, 9, 4)
+    )
+    syn = data.build_data("synthetic", in_channels=3, image_size=12, num_train=50, num_test=20, val_fraction=0)
+    assert data.describe_data("synthetic", in_channels=3, image_size=12, num_train=50, num_test=20) == data.DataShape(
+        syn.info.in_channels,
+        syn.info.image_size,
+        syn.info.num_classes,
+        syn.train.num_samples,
+        syn.test.num_samples,
+    )
+    assert data.describe_data("cifar100") == data.DataShape(3, 32, 100, 50_000, 10_000)
+    with pytest.raises(ValueError, match="'svhn'.*cifar10"):
+        data.describe_data("svhn")

@@ -86,6 +86,7 @@ def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path):
         "val_loss",
         "dense_params",
         "stored_params",
+        "index_bits",
         "compression_ratio",
         "model_bytes",
         "macs",

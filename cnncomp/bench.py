@@ -42,8 +42,8 @@ from cnncomp import data, engine
 from cnncomp.compress import fold, stored_params
 from cnncomp.models import build_model, list_models
 from cnncomp.surgery import compress_model
+from cnncomp.train import compose_config, train
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 SECTIONS = ("pipeline", "step", "infer", "e2e", "target")
 KEEPS = (1.0, 0.25, 0.1)
 FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
@@ -187,19 +187,14 @@ def _batch(args: argparse.Namespace, device: torch.device, size: int) -> tuple[t
 
 
 def make_steps(args: argparse.Namespace, device: torch.device, model: nn.Module) -> Callable[[], None]:
-    """`args.steps` bare training steps: forward (autocast), loss, backward, optimizer step."""
+    """`args.steps` bare training steps on one batch: engine.train_epoch without data loading."""
     x, y = _batch(args, device, args.batch)
     optimizer = engine.build_optimizer(model, name="sgd", lr=0.01, weight_decay=5e-4)
     step_model = torch.compile(model) if args.compile else model
-    model.train()
+    batches = [(x, y)] * args.steps
 
     def steps() -> None:
-        for _ in range(args.steps):
-            with engine._autocast(device, args.precision):
-                loss = F.cross_entropy(step_model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        engine.train_epoch(step_model, batches, optimizer, None, device=device, precision=args.precision)
 
     return steps
 
@@ -246,19 +241,10 @@ def bench_infer(args: argparse.Namespace, device: torch.device, timer: Timer) ->
 # (d) end-to-end through train(), and the CPU target
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def _train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     """cnncomp.train.train on composed overrides, quietly; returns the record and the epoch history."""
-    from cnncomp.train import train
-
     with contextlib.redirect_stdout(io.StringIO()):
-        record = train(_compose(overrides), run_dir=run_dir)
+        record = train(compose_config(overrides), run_dir=run_dir)
     if record["status"] != "completed":
         raise RuntimeError(f"bench run {' '.join(overrides)} ended {record['status']}: {record.get('error')}")
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["state"]
@@ -323,7 +309,7 @@ def bench_target(args: argparse.Namespace, tmp: Path, timer: Timer) -> list[Row]
         print(f"target: skipped, {err}", file=sys.stderr)
         return []
     batch, limit = args.target_batch, args.target_batches
-    cfg = _compose([])
+    cfg = compose_config([])
     lr, wd, momentum = cfg.trainer.lr, cfg.trainer.weight_decay, cfg.trainer.momentum
     overrides = [
         "model=lenet",
@@ -443,7 +429,7 @@ def _resolve(args: argparse.Namespace) -> torch.device:
     args.precision = args.precision or ("bf16" if gpu else "32")
     args.channels_last = gpu if args.channels_last is None else args.channels_last
     if args.target_batch is None:
-        args.target_batch = int(_compose([]).trainer.batch_size)
+        args.target_batch = int(compose_config([]).trainer.batch_size)
     if args.quick:
         args.batch = min(args.batch, 16)
         args.pipeline_images, args.workers = min(args.pipeline_images, 128), [0]

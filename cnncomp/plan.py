@@ -32,9 +32,8 @@ from cnncomp.compress import stored_params
 from cnncomp.data import DataShape
 from cnncomp.measure import count_macs
 from cnncomp.sweep import sweep_cells
-from cnncomp.train import ConfigError, build_run_model, check_config, resolve_device
+from cnncomp.train import CONF_DIR, ConfigError, build_run_model, check_config, resolve_device
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 # What build_data would load, known without loading it: (channels, image size, classes, train, test).
 # An evaluation image costs about a third of a training image (forward only, vs forward + backward).
 EVAL_COST = 1 / 3
@@ -146,7 +145,7 @@ def plan_sweep(
     *,
     measure: bool = True,
     budget_s: float = 1.0,
-    config_dir: str | Path = CONF,
+    config_dir: str | Path = CONF_DIR,
     config_name: str = "config",
 ) -> Plan:
     """Compose, build and (with `measure`) time every cell of the sweep `overrides` describe."""
@@ -326,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-m", "--multirun", action="store_true", help="accepted and ignored (always a sweep)")
     parser.add_argument("--no-time", action="store_true", help="skip the step timing (no cost estimate)")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per distinct architecture")
-    parser.add_argument("--config-dir", default=str(CONF), help="Hydra config dir (default: the package's conf/)")
+    parser.add_argument("--config-dir", default=str(CONF_DIR), help="Hydra config dir (default: the package's conf/)")
     parser.add_argument("--config-name", default="config")
     args = parser.parse_args(argv)
     try:

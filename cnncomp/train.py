@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +36,7 @@ from cnncomp.record import config_hash, environment, redact
 from cnncomp.surgery import KERNELS, compress_model, format_summary, layer_types
 
 log = logging.getLogger("cnncomp")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
 
 
@@ -191,6 +193,12 @@ def _hydra_context(run_dir: Path | None) -> tuple[Path, list[str], str | None, s
         Path(hc.sweep.dir).name if multirun else None,
         hc.job.override_dirname or Path(hc.runtime.output_dir).name,
     )
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The app's config for `overrides`, composed without running the app (tests, bench)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:

@@ -20,11 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp import transforms
+from cnncomp import frequency, lowrank, transforms
 
-SELECTIONS = ("block", "triangle", "magnitude", "random")
+# what a compressed weight is stored as: coefficients in the kernel's basis (the selections below),
+# learnable-frequency basis functions (cnncomp.frequency), or low-rank factors (cnncomp.lowrank)
+METHODS = ("transform", "frequency", "lowrank")
+SELECTIONS = ("block", "triangle", "magnitude", "random", "learned")
 INITS = ("variance", "project")
-OPTIONS = ("wavelet", "seed")
+OPTIONS = ("wavelet", "seed", "threshold", "log_sigma2_init")
 AXIS_NAMES = {nn.Linear: ("out", "in"), nn.Conv2d: ("out", "in", "kh", "kw")}
 
 
@@ -42,6 +45,7 @@ class LayerSummary:
     dense_params: int
     stored_params: int
     notes: list[str] = field(default_factory=list)
+    method: str = "transform"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +109,7 @@ def _block_transform(module: nn.Module) -> TransformWeight | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
     chain = module.parametrizations.weight
-    if len(chain) != 1 or not isinstance(chain[0], TransformWeight) or chain[0].mask is not None:
+    if len(chain) != 1 or type(chain[0]) is not TransformWeight or chain[0].mask is not None:
         return None
     return chain[0]
 
@@ -199,10 +203,23 @@ def _layer_type(module: nn.Module) -> type:
     )
 
 
-def check_options(kernel: str, keep: float, selection: str = "block", init: str = "variance", **opts) -> None:
+def check_options(
+    kernel: str, keep: float, selection: str = "block", init: str = "variance", method: str = "transform", **opts
+) -> None:
     """Raise ValueError (naming the bad value and the allowed ones) for options compress_module rejects."""
     if kernel not in transforms.KINDS:
         raise ValueError(f"unknown kernel {kernel!r}; allowed: {', '.join(transforms.KINDS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if method == "frequency" and kernel not in frequency.KERNELS:
+        raise ValueError(
+            f"method=frequency needs a kernel with a frequency, got {kernel!r}; allowed: {', '.join(frequency.KERNELS)}"
+        )
+    if method == "lowrank" and kernel != "identity":
+        raise ValueError(
+            f"method=lowrank factorizes the weight itself (a transform changes no rank), got kernel {kernel!r}; "
+            "allowed: identity"
+        )
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
         raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
     if selection not in SELECTIONS:
@@ -255,6 +272,26 @@ def _mask(
     return mask.reshape(shape)
 
 
+def transform_bases(
+    module: nn.Module, kernel: str, axes, *, wavelet: str = "haar"
+) -> tuple[tuple[int, ...], dict[int, torch.Tensor], list[str]]:
+    """The transformed axes of `module.weight`, their full n_a × n_a bases (weight's dtype and device)
+    and notes on axes left as identity (a wavelet that cannot decompose an axis)."""
+    weight = module.weight.detach()
+    names = AXIS_NAMES[_layer_type(module)]
+    axes_idx = _resolve_axes(module, axes)
+    notes = []
+    if kernel == "wavelet":
+        flat = [a for a in axes_idx if transforms.wavelet_level(weight.shape[a], wavelet) == 0]
+        notes += [f"{names[a]}: {wavelet} cannot decompose n={weight.shape[a]}, axis left as identity" for a in flat]
+        axes_idx = tuple(a for a in axes_idx if a not in flat)
+    bases = {
+        a: transforms.basis(kernel, weight.shape[a], wavelet=wavelet, device=weight.device).to(weight.dtype)
+        for a in axes_idx
+    }
+    return axes_idx, bases, notes
+
+
 def compress_module(
     module: nn.Module,
     *,
@@ -263,40 +300,42 @@ def compress_module(
     selection: str = "block",
     axes: str | list[str] | tuple[str, ...] | None = None,
     init: str = "variance",
+    method: str = "transform",
     **opts,
 ) -> nn.Module:
     """Store `module.weight` as `keep` of its coefficients in the `kernel` basis; returns the module.
 
     kernel: identity, dct, dst, dft or wavelet (opts: wavelet="haar"|"db2"|…); selection: block
-    (low-frequency block), triangle (zonal), magnitude (largest projected coefficients) or random
-    (opts: seed). axes: subset of ("out", "in") for Linear, ("out", "in", "kh", "kw") for Conv2d.
+    (low-frequency block), triangle (zonal), magnitude (largest projected coefficients), random
+    (opts: seed) or learned (sparse variational dropout, `cnncomp.sparsevd`: the coefficients whose
+    log α stays below opts threshold=3 are kept, at most a `keep` fraction of them).
+    axes: subset of ("out", "in") for Linear, ("out", "in", "kh", "kw") for Conv2d.
     init="variance" draws K ~ N(0, Var(W₀)/ρ) (ρ = achieved keep) so that W keeps the variance of
     the dense init; init="project" starts from the projection of the current weight.
+    method="frequency" (kernel dct, dst or dft; keep, selection and axes do not apply) stores each
+    row or filter as one basis function with a learnable frequency (`cnncomp.frequency`);
+    method="lowrank" (kernel identity) as a truncated SVD / Tucker-2 within `keep` (`cnncomp.lowrank`).
     """
     _check_module(module)
-    check_options(kernel, keep, selection, init, **opts)
+    check_options(kernel, keep, selection, init, method, **opts)
+    if method != "transform":
+        return _compress_factored(module, kernel=kernel, keep=keep, init=init, method=method)
+    if selection == "learned":
+        from cnncomp.sparsevd import variational_module  # sparsevd builds on this module's pieces
+
+        return variational_module(module, kernel=kernel, keep=keep, axes=axes, init=init, **opts)
     weight = module.weight.detach()
     shape = tuple(weight.shape)
     names = AXIS_NAMES[_layer_type(module)]
-    notes: list[str] = []
-    axes_idx = _resolve_axes(module, axes)
-    if kernel == "wavelet":
-        wavelet = opts.get("wavelet", "haar")
-        flat = [a for a in axes_idx if transforms.wavelet_level(shape[a], wavelet) == 0]
-        notes += [f"{names[a]}: {wavelet} cannot decompose n={shape[a]}, axis left as identity" for a in flat]
-        axes_idx = tuple(a for a in axes_idx if a not in flat)
-
-    def full_basis(axis: int) -> torch.Tensor:
-        b = transforms.basis(kernel, shape[axis], wavelet=opts.get("wavelet", "haar"), device=weight.device)
-        return b.to(weight.dtype)
+    axes_idx, full, notes = transform_bases(module, kernel, axes, wavelet=opts.get("wavelet", "haar"))
 
     block = None
     if selection == "block":
         block = tuple(block_sizes([shape[a] for a in axes_idx], keep))
-        bases = {a: full_basis(a)[:k] for a, k in zip(axes_idx, block, strict=True)}
+        bases = {a: full[a][:k] for a, k in zip(axes_idx, block, strict=True)}
         mask = None
     else:
-        bases = {a: full_basis(a) for a in axes_idx}
+        bases = full
         projected = TransformWeight(shape, bases, None).right_inverse(weight)
         mask = _mask(selection, shape, axes_idx, keep, projected.cpu(), opts.get("seed", 0)).to(weight.device)
 
@@ -329,11 +368,49 @@ def compress_module(
     return module
 
 
+def _compress_factored(module: nn.Module, *, kernel: str, keep: float, init: str, method: str) -> nn.Module:
+    """compress_module for method frequency or lowrank: W computed from a few factors."""
+    weight = module.weight.detach()
+    shape = tuple(weight.shape)
+    if method == "frequency":
+        freq, phase = frequency.initial_frequencies(kernel, weight, fit=init == "project")
+        param = frequency.FrequencyWeight(kernel, shape, freq, phase)
+        notes = ["keep does not apply: one learnable-frequency function per row or filter"]
+    else:
+        param = lowrank.LowRankWeight(shape, lowrank.ranks_for(shape, keep))
+        notes = [f"ranks {'x'.join(map(str, param.ranks))}"]
+        if param.stored() > keep * weight.numel():
+            notes.append(f"rank 1 stores {param.stored()} values, more than keep={keep} of {weight.numel()}")
+    parametrize.register_parametrization(module, "weight", param, unsafe=True)
+    if init == "variance":
+        std = float(weight.float().std())
+        chain = module.parametrizations.weight
+        with torch.no_grad():
+            if method == "frequency":  # unit-norm rows/filters of n values: amplitude² / n per entry
+                chain.original.normal_(0.0, std * math.sqrt(math.prod(shape) / chain.original.numel()))
+            else:
+                lowrank.variance_init(param, [getattr(chain, f"original{i}") for i in range(len(param.ranks) + 1)], std)
+    param.summary = LayerSummary(
+        shape=shape,
+        kernel=kernel,
+        selection=method,
+        keep=float(keep),
+        achieved_keep=param.stored() / weight.numel(),
+        axes=AXIS_NAMES[_layer_type(module)],
+        block=None,
+        dense_params=weight.numel(),
+        stored_params=param.stored(),
+        notes=notes,
+        method=method,
+    )
+    return module
+
+
 def layer_summary(module: nn.Module) -> LayerSummary | None:
     """The summary of a module compressed by `compress_module`, else None."""
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    return next((p.summary for p in module.parametrizations.weight if isinstance(p, TransformWeight)), None)
+    return next((p.summary for p in module.parametrizations.weight if hasattr(p, "summary")), None)
 
 
 def stored_params(model: nn.Module) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("32", "bf16")
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+# no weight decay: biases, sparse VD's posterior log-variances (decay would pull them to σ² = 1),
+# and the frequencies and phases of frequency layers (decay would pull every row towards DC)
+NO_DECAY = ("bias", "log_sigma2", "freq", "phase")
 
 
 def build_optimizer(
@@ -35,7 +38,7 @@ def build_optimizer(
     decay, no_decay = [], []
     for module in model.modules():
         for name_, p in module.named_parameters(recurse=False):
-            (no_decay if isinstance(module, NORM_LAYERS) or name_ == "bias" else decay).append(p)
+            (no_decay if isinstance(module, NORM_LAYERS) or name_ in NO_DECAY else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
         cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": True}
@@ -92,10 +95,15 @@ def train_epoch(
     limit: int | None = None,
     progress=None,
     channels_last: bool = False,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; loss and accuracy accumulate on the device (one sync per epoch: the
     step itself never waits for the device). `model` may be a `torch.compile`d module;
-    channels_last passes 4-d inputs in NHWC memory order (use with a channels_last model)."""
+    channels_last passes 4-d inputs in NHWC memory order (use with a channels_last model).
+    `penalty()` is added to each step's loss (e.g. sparse VD's KL/N); the reported loss excludes it.
+    `reduce` sums the (loss·n, correct, n) totals over data-parallel ranks (e.g.
+    `distributed.all_reduce_sum`); "images" is then the images of all ranks."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -105,7 +113,7 @@ def train_epoch(
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if penalty is None else loss + penalty()).backward()
         optimizer.step()
         if schedule is not None:
             schedule.step()
@@ -114,7 +122,20 @@ def train_epoch(
         seen += y.numel()
         if progress is not None:
             progress.update(1)
-    return {"loss": (loss_sum / max(seen, 1)).item(), "acc": correct.item() / max(seen, 1), "images": seen}
+    loss_sum, correct, seen = _totals(loss_sum, correct, seen, reduce)
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen}
+
+
+def _totals(
+    loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None
+) -> tuple[float, int, int]:
+    """(loss·n, correct, n) as Python numbers, summed by `reduce` first when given (one transfer)."""
+    n = torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)
+    totals = torch.stack([loss_sum.double(), correct.double(), n])
+    if reduce is not None:
+        totals = reduce(totals)
+    loss, right, n = totals.tolist()
+    return loss, round(right), round(n)
 
 
 @torch.no_grad()
@@ -126,8 +147,10 @@ def evaluate(
     precision: str = "32",
     limit: int | None = None,
     channels_last: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy; compressed weights are rebuilt once, not once per batch."""
+    """Mean loss and accuracy; compressed weights are rebuilt once, not once per batch. `reduce`
+    sums the totals over data-parallel ranks, as in `train_epoch`."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -139,6 +162,7 @@ def evaluate(
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             seen += y.numel()
+    loss_sum, correct, seen = _totals(loss_sum, correct, seen, reduce)
     if seen == 0:
         return {"loss": float("nan"), "acc": float("nan")}
-    return {"loss": (loss_sum / seen).item(), "acc": correct.item() / seen}
+    return {"loss": loss_sum / seen, "acc": correct / seen}

@@ -44,7 +44,7 @@ PROBE_FRACTION = 16
 
 def data_shape(options: dict[str, Any]) -> DataShape:
     """The shape and size of a dataset config node, without decoding any image."""
-    keys = ("path", "image_size", "num_classes", "in_channels", "num_train", "num_test")
+    keys = ("path", "image_size", "stream", "num_classes", "in_channels", "num_train", "num_test")
     return data.describe_data(options["name"], **{k: options[k] for k in keys if k in options})
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger("cnncomp.report")
 RESULT = "result.json"
 FAILED = ("failed", "diverged", "interrupted")
 # the overrides that place a cell in a table (model, dataset) or a row (kernel, layers, keep)
-PLACED = ("model", "dataset", "kernel", "layers", "kernel.keep")
+PLACED = ("model", "dataset", "kernel", "layers", "kernel.keep", "recipe")
 CSV_FIELDS = [
     "status",
     "model",
@@ -57,6 +57,7 @@ CSV_FIELDS = [
     "stored_params",
     "index_bits",
     "compression_ratio",
+    "compression_ratio_with_index",
     "model_bytes",
     "dense_model_bytes",
     "macs",
@@ -179,6 +180,18 @@ def _kernel_order(kernel: str) -> tuple[int, str]:
     return (kernel != "none", kernel)
 
 
+def method_label(r: Mapping[str, Any]) -> str:
+    """The kernel, with what picked the stored values when that is not the default block: dct,
+    dct/learned, identity/magnitude."""
+    kernel, selection = str(r.get("kernel")), r.get("selection")
+    return kernel if selection in (None, "block", kernel) else f"{kernel}/{selection}"
+
+
+def ratio(r: Mapping[str, Any]) -> float | None:
+    """Compression ratio with the index cost of masks included (older records: without)."""
+    return r.get("compression_ratio_with_index", r.get("compression_ratio"))
+
+
 def analyze(dirs: Sequence[str | Path]) -> Report:
     """Read and place every record: deduplicate, find missing cells, baselines, Δ and Pareto fronts."""
     dirs = [Path(d) for d in dirs]
@@ -211,12 +224,10 @@ def analyze(dirs: Sequence[str | Path]) -> Report:
         groups.setdefault((str(r.get("model")), str(r.get("dataset"))), []).append(r)
     for key in sorted(groups):
         rows = groups[key]
-        rows.sort(
-            key=lambda r: (_kernel_order(str(r.get("kernel"))), str(r.get("layers")), r.get("keep") or 0, r["_other"])
-        )
+        rows.sort(key=lambda r: (_kernel_order(method_label(r)), str(r.get("layers")), r.get("keep") or 0, r["_other"]))
         _baselines(rows)
         done = [r for r in rows if r.get("status") == "completed" and _number(r.get("test_acc"))]
-        front = pareto_front([(r["compression_ratio"], r["test_acc"]) for r in done])
+        front = pareto_front([(ratio(r), r["test_acc"]) for r in done])
         for i, r in enumerate(done):
             r["_pareto"] = i in front
     records = [r for key in sorted(groups) for r in groups[key]]
@@ -280,8 +291,9 @@ def render_markdown(report: Report, dirs: Sequence[Path], plots: Mapping[tuple[s
         lines += ["Common overrides: " + " ".join(f"`{k}={v}`" for k, v in report.common.items()), ""]
     lines += [
         "Accuracy is test accuracy of the best-validation epoch; Δ is in percentage points against the "
-        "dense baseline (kernel=none) of the same model and dataset; ★ marks the Pareto front of "
-        "accuracy against compression ratio.",
+        "dense baseline (kernel=none) of the same model and dataset. Ratio: dense / stored values; "
+        "with index: the bits that say which coefficients a mask kept counted in too (32 per value), "
+        "the ratio ★ (the Pareto front of accuracy against compression) and the plots use.",
         "",
     ]
     other = bool(report.varying)
@@ -290,18 +302,20 @@ def render_markdown(report: Report, dirs: Sequence[Path], plots: Mapping[tuple[s
         base = next((r["_baseline"] for r in rows if r.get("_baseline") is not None), None)
         if base is None:
             lines += ["No completed dense baseline (kernel=none) yet.", ""]
-        head = ["kernel", "layers", "keep"] + (["other"] if other else []) + ["status", "test acc %", "Δ pp"]
-        head += ["stored params", "ratio", "size on disk", "images/s", "front"]
+        head = ["method", "layers", "keep"] + (["other"] if other else []) + ["status", "test acc %", "Δ pp"]
+        head += ["stored values", "index bits", "ratio", "with index", "size on disk", "images/s", "front"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for r in rows:
-            cells = [str(r.get("kernel")), str(r.get("layers")), _fmt(r.get("keep"), "g")]
+            cells = [method_label(r), str(r.get("layers")), _fmt(r.get("keep"), "g")]
             cells += [_md_escape(r["_other"]) or "–"] if other else []
             cells += [
                 str(r.get("status")),
                 _fmt(100 * r["test_acc"] if _number(r.get("test_acc")) else None, ".2f"),
                 _fmt(100 * r["_delta"] if r.get("_delta") is not None else None, "+.2f"),
                 _fmt_int(r.get("stored_params")),
+                _fmt_int(r.get("index_bits")),
                 _fmt(r.get("compression_ratio"), ".2f", "×"),
+                _fmt(ratio(r), ".2f", "×"),
                 _fmt_bytes(r.get("model_bytes")),
                 _fmt(r.get("images_per_s"), ",.0f"),
                 "★" if r.get("_pareto") else "",
@@ -354,7 +368,7 @@ def _slug(s: str) -> str:
 
 
 def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> bool:
-    """Accuracy against compression ratio (log x), one line per kernel, the dense baseline dashed,
+    """Accuracy against compression ratio (log x), one series per method (`method_label`), the dense baseline dashed,
     the Pareto front as a black step line over ringed points. False when nothing is plotted."""
     import matplotlib
 
@@ -363,30 +377,30 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
     import matplotlib.ticker
 
     done = [r for r in rows if r.get("status") == "completed" and _number(r.get("test_acc"))]
-    done = [r for r in done if _number(r.get("compression_ratio"))]
+    done = [r for r in done if _number(ratio(r))]
     if not done:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    kernels = sorted({str(r["kernel"]) for r in done}, key=_kernel_order)
-    for kernel in kernels:
+    methods = sorted({method_label(r) for r in done}, key=_kernel_order)
+    for method in methods:
         pts = sorted(
-            ((r["compression_ratio"], 100 * r["test_acc"], r) for r in done if r["kernel"] == kernel),
+            ((ratio(r), 100 * r["test_acc"], r) for r in done if method_label(r) == method),
             key=lambda p: p[:2],
         )
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        style = {"marker": "s", "linestyle": "none", "color": "black"} if kernel == "none" else {"marker": "o"}
-        ax.plot(xs, ys, label="dense (none)" if kernel == "none" else kernel, **style)
-        if kernel != "none":
+        style = {"marker": "s", "linestyle": "none", "color": "black"} if method == "none" else {"marker": "o"}
+        ax.plot(xs, ys, label="dense (none)" if method == "none" else method, **style)
+        if method != "none":
             for x, y, r in pts:
                 ax.annotate(str(r["layers"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     base = next((r["_baseline"] for r in rows if r.get("_baseline") is not None), None)
     if base is not None:
         ax.axhline(100 * base, color="gray", linestyle="--", linewidth=1, label="dense baseline")
     front = [r for r in done if r.get("_pareto")]
-    front.sort(key=lambda r: (r["compression_ratio"], -r["test_acc"]))
+    front.sort(key=lambda r: (ratio(r), -r["test_acc"]))
     if front:
         ax.step(
-            [r["compression_ratio"] for r in front],
+            [ratio(r) for r in front],
             [100 * r["test_acc"] for r in front],
             where="pre",  # the edge of the region the front dominates
             color="black",
@@ -394,7 +408,7 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
             alpha=0.6,
         )
         ax.scatter(
-            [r["compression_ratio"] for r in front],
+            [ratio(r) for r in front],
             [100 * r["test_acc"] for r in front],
             s=140,
             facecolors="none",
@@ -405,7 +419,7 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
-    ax.set_xlabel("compression ratio (dense / stored parameters, log scale)")
+    ax.set_xlabel("compression ratio (dense / stored values incl. index cost, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

@@ -18,16 +18,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import configure_log
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from cnncomp import atomic, engine
-from cnncomp.compress import check_options, fold, index_bits, stored_params
+from cnncomp import atomic, distributed, engine, sparsevd
+from cnncomp.compress import check_options, fold, index_bits, layer_summary, stored_params
 from cnncomp.data import DataNotFoundError, build_data, list_datasets
 from cnncomp.loggers import LOGGERS, build_loggers
 from cnncomp.measure import count_macs, state_dict_bytes
@@ -56,11 +59,17 @@ def _require(ok: bool, message: str) -> None:
 def check_config(c: dict[str, Any]) -> None:
     """Reject bad values before anything is loaded or trained."""
     t = c["trainer"]
-    for key in ("max_epochs", "batch_size"):
+    for key in ("max_epochs", "batch_size", "devices", "nodes"):
         _require(
             isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 1,
             f"trainer.{key} must be an integer >= 1, got {t[key]!r}",
         )
+    world = t["devices"] * t["nodes"]
+    _require(
+        t["batch_size"] % world == 0,
+        f"trainer.batch_size={t['batch_size']} is the global batch and must be divisible by the number of "
+        f"processes, trainer.devices x trainer.nodes = {world}",
+    )
     for key in ("limit_train_batches", "limit_eval_batches"):
         _require(
             t[key] is None or (isinstance(t[key], int) and t[key] >= 1),
@@ -95,24 +104,48 @@ def check_config(c: dict[str, Any]) -> None:
     )
     k = c["kernel"]
     _require(k["name"] in KERNELS, f"unknown kernel {k['name']!r}; allowed: {', '.join(KERNELS)}")
+    if k["name"] != "none" and k["selection"] == "learned":
+        _require(
+            isinstance(k["threshold"], (int, float)) and not isinstance(k["threshold"], bool),
+            f"kernel.threshold must be a number (log alpha), got {k['threshold']!r}",
+        )
+        _require(
+            isinstance(k["kl_scale"], (int, float)) and not isinstance(k["kl_scale"], bool) and k["kl_scale"] > 0,
+            f"kernel.kl_scale must be a number > 0, got {k['kl_scale']!r}",
+        )
+        _require(
+            isinstance(k["kl_warmup_epochs"], int) and k["kl_warmup_epochs"] >= 0,
+            f"kernel.kl_warmup_epochs must be an integer >= 0, got {k['kl_warmup_epochs']!r}",
+        )
     try:
         layer_types(c["layers"]["name"])
         if k["name"] != "none":
-            check_options(k["name"], k["keep"], k["selection"], k["init"], **_kernel_opts(k))
+            check_options(k["name"], k["keep"], k["selection"], k["init"], k["method"], **_kernel_opts(k))
     except ValueError as err:
         raise ConfigError(f"kernel/layers: {err}") from None
+
+
+def _selection_label(k: dict[str, Any]) -> str | None:
+    """What picks the stored values, for the record and the report (None for the dense model):
+    the selection, or the method when the weight is not stored as selected coefficients."""
+    if k["name"] == "none":
+        return None
+    return k["selection"] if k["method"] == "transform" else k["method"]
 
 
 def _kernel_opts(k: dict[str, Any]) -> dict[str, Any]:
     opts = {"seed": k["seed"]}
     if k["name"] == "wavelet":
         opts["wavelet"] = k["wavelet"]
+    if k["selection"] == "learned":
+        opts["threshold"] = k["threshold"]
+        opts["log_sigma2_init"] = k["log_sigma2_init"]
     return opts
 
 
 def _compression_kwargs(k: dict[str, Any]) -> dict[str, Any]:
     """compress_model's keyword arguments from the kernel config node."""
-    names = ("keep", "selection", "axes", "init", "skip_first", "skip_last")
+    names = ("keep", "selection", "axes", "init", "method", "skip_first", "skip_last")
     return {"kernel": k["name"], **{n: k[n] for n in names}, **_kernel_opts(k)}
 
 
@@ -128,9 +161,28 @@ def build_run_model(
         "image_size": image_size,
     }
     model = build_model(**model_args)
+    if config["model"].get("pretrained"):
+        load_pretrained(model, config["model"]["pretrained"])
     dense_params = stored_params(model)
     model, summary = compress_model(model, layers=config["layers"]["name"], **_compression_kwargs(config["kernel"]))
     return model, summary, model_args, dense_params
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a dense checkpoint of a cnncomp run into `model` (before compression): a model.pt or
+    model_folded.pt state_dict, or the "model" entry of best.pt/last.pt."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained={str(path)!r}: no such file (give a model.pt of a kernel=none run)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"model.pretrained={str(path)!r} does not fit this model (a dense {type(model).__name__} with the "
+            f"dataset's classes and channels is needed; compressed checkpoints are not accepted): {err}"
+        ) from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,7 +270,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "kernel": k["name"],
         "layers": config["layers"]["name"],
         "keep": 1.0 if k["name"] == "none" else k["keep"],
-        "selection": None if k["name"] == "none" else k["selection"],
+        "selection": _selection_label(k),
+        "method": None if k["name"] == "none" else k["method"],
         "dataset": config["dataset"]["name"],
         "started_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -227,13 +280,22 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         log.info("%s already holds a completed run of this config; skipping", run_dir)
         return done
     loggers: list = []
+    records = distributed.is_main()  # rank 0 writes and prints the record, no other rank
     with _signals_interrupt():
         try:
             check_config(config)
             device = resolve_device(config["trainer"]["device"])
-            result.update(environment(device))
-            with _deterministic(config["trainer"]["deterministic"]):
-                _run(config, run_dir, device, result, loggers, name=name, group=group)
+            result["world_size"] = _world_size(config["trainer"], device)
+            if result["world_size"] > 1 and distributed.environment() is None:
+                result.update(_train_ranks(cfg, run_dir, result["world_size"]))
+                records = False  # the spawned rank 0 has written and printed this record
+            else:
+                with _deterministic(config["trainer"]["deterministic"]), distributed.process_group(device) as device:
+                    if not distributed.is_main():
+                        log.setLevel(logging.WARNING)  # rank 0 logs the run; the others only what goes wrong
+                    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # torchrun: one dir per process
+                    result.update(environment(device))
+                    _run(config, run_dir, device, result, loggers, name=name, group=group)
         except (Interrupted, KeyboardInterrupt) as err:
             result["status"], result["error"] = "interrupted", f"interrupted by {err or 'SIGINT'}"
             log.warning("run interrupted (%s); last.pt holds the last finished epoch", err or "SIGINT")
@@ -246,14 +308,61 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         except Exception as err:
             result["error"] = f"{type(err).__name__}: {err}"
             log.exception("run failed")
+            if not distributed.is_main():
+                raise  # a non-zero exit makes the launcher end the other ranks, which would wait forever
         finally:
             result["ended_at"] = datetime.now(timezone.utc).isoformat()
-            atomic.write_json(run_dir / "result.json", result)
+            if records:
+                atomic.write_json(run_dir / "result.json", result)
             for logger in loggers:
                 with contextlib.suppress(Exception):
                     logger.finish(result)
-    _print_summary(result)
+    if records:
+        _print_summary(result)
     return result
+
+
+def _world_size(t: dict[str, Any], device: torch.device) -> int:
+    """How many processes train together: trainer.devices x trainer.nodes, which must match a
+    launcher's distributed environment (torchrun, a multi-task SLURM job) when there is one;
+    without one, this process will spawn trainer.devices processes on this node."""
+    world = t["devices"] * t["nodes"]
+    env = distributed.environment()
+    if env is not None:
+        _require(
+            env.world_size == world,
+            f"trainer.devices x trainer.nodes = {world} but the launcher started {env.world_size} processes "
+            "(WORLD_SIZE); set them to match",
+        )
+        return world
+    _require(
+        t["nodes"] == 1,
+        f"trainer.nodes={t['nodes']} needs a multi-node launcher (hydra/launcher=slurm_multigpu, or torchrun "
+        "--nnodes); started alone, a run spawns trainer.devices processes on this node, so nodes must be 1",
+    )
+    if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        _require(visible >= world, f"trainer.devices={world} but only {visible} CUDA devices are visible")
+    return world
+
+
+def _train_ranks(cfg: DictConfig, run_dir: Path, devices: int) -> dict[str, Any]:
+    """Train in `devices` new processes on this node, one per device; rank 0's record."""
+    log.info("data-parallel run: starting %d processes, one per device", devices)
+    # Hydra's state holds OmegaConf's resolvers, closures only cloudpickle can carry (as submitit does)
+    hydra_state = cloudpickle.dumps(Singleton.get_state()) if HydraConfig.initialized() else None
+    distributed.spawn(_train_rank, devices, (cfg, run_dir, hydra_state))
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def _train_rank(cfg: DictConfig, run_dir: Path, hydra_state: bytes | None) -> None:
+    """One spawned rank: Hydra's state as in the parent (overrides, run name, rank 0's train.log)."""
+    if hydra_state is not None:
+        Singleton.set_state(cloudpickle.loads(hydra_state))
+        if distributed.is_main():
+            hc = HydraConfig.get()
+            configure_log(hc.job_logging, hc.verbose)
+    train(cfg, run_dir)
 
 
 def _completed_record(run_dir: Path, chash: str) -> dict[str, Any] | None:
@@ -277,7 +386,8 @@ def _checkpoint_meta(config: dict, result: dict, model_args: dict) -> dict[str, 
 def _run(
     config: dict, run_dir: Path, device: torch.device, result: dict, loggers: list, *, name: str, group: str | None
 ) -> None:
-    t = config["trainer"]
+    t, k = config["trainer"], config["kernel"]
+    learned = _selection_label(k) == "learned"
     precision = str(t["precision"])
     torch.manual_seed(t["seed"])
     dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
@@ -289,6 +399,8 @@ def _run(
         seed=t["seed"],
         device=device,
         num_workers=t["num_workers"],
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
     )
     info = data.info
     model, summary, model_args, result["dense_params"] = build_run_model(
@@ -299,13 +411,8 @@ def _run(
     if channels_last:
         model.to(memory_format=torch.channels_last)  # 4-d weights and buffers in NHWC order
     log.info("%s on %s, %s\n%s", model_args["name"], info.name, device, format_summary(summary))
-    result.update(
-        stored_params=stored_params(model),
-        index_bits=index_bits(model),
-        layers_summary=summary,
-        macs=count_macs(model, (info.in_channels, info.image_size, info.image_size)),
-    )
-    result["compression_ratio"] = result["dense_params"] / result["stored_params"]
+    result.update(_size_fields(model, result["dense_params"]))
+    result.update(layers_summary=summary, macs=count_macs(model, (info.in_channels, info.image_size, info.image_size)))
 
     steps = min(len(data.train), t["limit_train_batches"] or len(data.train))
     optimizer = engine.build_optimizer(
@@ -315,20 +422,25 @@ def _run(
     meta = _checkpoint_meta(config, result, model_args)
     state = {"epoch": 0, "history": [], "best": None, "train_time_s": 0.0, "train_images": 0}
     last = run_dir / "last.pt"
+    distributed.barrier()  # every rank resumes from the last.pt rank 0 wrote
     if last.exists():
         state = _resume(last, model, optimizer, schedule, result["config_hash"])
         log.info("resumed from %s after epoch %d", last, state["epoch"])
-    loggers += build_loggers(config["logger"], run_dir, config, name=name, group=group)
-    has_val = len(data.val) > 0
+    if distributed.is_main():
+        loggers += build_loggers(config["logger"], run_dir, config, name=name, group=group)
+    # the ranks' validation shards together (one may be empty)
+    has_val = distributed.all_reduce_sum(torch.tensor(len(data.val), device=device)).item() > 0
     evaluate = {"device": device, "precision": precision, "limit": t["limit_eval_batches"]}
-    evaluate["channels_last"] = channels_last
-    # the compiled module shares `model`'s parameters; checkpoints and evaluation use `model`
-    step_model = torch.compile(model) if t.get("compile", False) else model
+    evaluate.update(channels_last=channels_last, reduce=distributed.all_reduce_sum)
+    # DDP and the compiled module share `model`'s parameters; checkpoints and evaluation use `model`
+    step_model = distributed.wrap(model, device)
+    step_model = torch.compile(step_model) if t.get("compile", False) else step_model
 
     for epoch in range(state["epoch"] + 1, t["max_epochs"] + 1):
         data.train.set_epoch(epoch)
         start = time.perf_counter()
-        interactive = sys.stderr.isatty()
+        interactive = sys.stderr.isatty() and distributed.is_main()
+        penalty = _kl_penalty(model, k, epoch, steps * t["batch_size"]) if learned else None
         with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not interactive) as bar:
             fit = engine.train_epoch(
                 step_model,
@@ -340,6 +452,8 @@ def _run(
                 limit=t["limit_train_batches"],
                 progress=bar,
                 channels_last=channels_last,
+                penalty=penalty,
+                reduce=distributed.all_reduce_sum,
             )
         state["train_time_s"] += time.perf_counter() - start
         state["train_images"] += fit["images"]
@@ -347,6 +461,7 @@ def _run(
             result["status"], result["error"] = "diverged", f"non-finite training loss in epoch {epoch}"
             log.error("%s", result["error"])
             return
+        distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics, the ones it saves
         val = engine.evaluate(model, data.val, **evaluate) if has_val else {"loss": None, "acc": None}
         row = {
             "epoch": epoch,
@@ -357,6 +472,9 @@ def _run(
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - start,
         }
+        if learned:
+            row["kept_coefficients"], total = sparsevd.sparsity(model)
+            log.info("sparse VD: %d of %d coefficients below the log alpha threshold", row["kept_coefficients"], total)
         state["history"].append(row)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %s acc %s  (%.1fs)",
@@ -369,21 +487,28 @@ def _run(
             row["epoch_time_s"],
         )
         state["epoch"] = epoch
-        if not has_val or state["best"] is None or val["acc"] > state["best"]["val_acc"]:
+        # sparse VD keeps the last epoch: an earlier one with a better validation accuracy is a
+        # denser model, picked by a criterion blind to size
+        if learned or not has_val or state["best"] is None or val["acc"] > state["best"]["val_acc"]:
             state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"]}
-            atomic.torch_save(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, **meta})
-        atomic.torch_save(last, _checkpoint(model, optimizer, schedule, state, meta))
+            _save(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, **meta})
+        _save(last, _checkpoint(model, optimizer, schedule, state, meta))
         for logger in loggers:
             logger.log_epoch(state["history"])
 
+    distributed.barrier()  # rank 0 has written best.pt
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
+    if learned:
+        sparsevd.prune(model)
+        _refresh_summary(model, summary)
+        result.update(_size_fields(model, result["dense_params"]))
     test = engine.evaluate(model, data.test, **evaluate)
-    result["model_bytes"] = atomic.torch_save(run_dir / "model.pt", model.state_dict())
+    result["model_bytes"] = _save(run_dir / "model.pt", model.state_dict())
     dense = fold(model)
     result["dense_model_bytes"] = state_dict_bytes(dense.state_dict())
     if config["save_folded"]:
-        atomic.torch_save(run_dir / "model_folded.pt", dense.state_dict())
+        _save(run_dir / "model_folded.pt", dense.state_dict())
     result.update(
         status="completed",
         test_acc=test["acc"],
@@ -395,6 +520,39 @@ def _run(
         train_time_s=state["train_time_s"],
         images_per_s=state["train_images"] / state["train_time_s"] if state["train_time_s"] else None,
     )
+
+
+def _save(path: Path, obj: Any) -> int | None:
+    """Write `obj` atomically on rank 0 only (every rank holds the same state); bytes written."""
+    return atomic.torch_save(path, obj) if distributed.is_main() else None
+
+
+def _size_fields(model: torch.nn.Module, dense_params: int) -> dict[str, Any]:
+    """Stored values, the bits that say which coefficients a mask kept, and the compression ratio
+    without and with that index cost (counted in 32-bit values)."""
+    stored, bits = stored_params(model), index_bits(model)
+    return {
+        "stored_params": stored,
+        "index_bits": bits,
+        "compression_ratio": dense_params / stored,
+        "compression_ratio_with_index": dense_params / (stored + bits / 32),
+    }
+
+
+def _kl_penalty(model: torch.nn.Module, k: dict[str, Any], epoch: int, num_train: int):
+    """Sparse VD's KL term per training example (the ELBO's KL/N), warmed up over the first epochs;
+    kl_scale > 1 tempers the posterior (more sparsity in a short schedule, no longer the ELBO)."""
+    weight = sparsevd.kl_weight(epoch, k["kl_warmup_epochs"]) * k["kl_scale"] / num_train
+    return lambda: weight * sparsevd.kl_divergence(model)
+
+
+def _refresh_summary(model: torch.nn.Module, rows: list[dict]) -> None:
+    """Update the per-layer rows from the layers' summaries (after pruning changed what they store)."""
+    modules = dict(model.named_modules())
+    for row in rows:
+        summary = layer_summary(modules[row["name"]])
+        if summary is not None:
+            row.update(summary.as_dict())
 
 
 def _fmt(x: float | None) -> str:

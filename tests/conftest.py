@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SLURM_BASE = os.environ.get("CNNCOMP_TEST_SLURM_BASE", "/tmp/cnncomp-slurm")
 # small, fast synthetic runs
 QUICK = [
     "dataset=synthetic",
@@ -36,3 +38,22 @@ def need(path: Path, what: str, *, in_ci: bool = True) -> None:
 def data_root(tmp_path_factory) -> Path:
     """One dataset cache for the whole session (decoded tensors are reused across tests)."""
     return Path(os.environ.get("CNNCOMP_TEST_DATA") or tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    # KillWait 2 s: a cancelled job is killed 2 s after its SIGTERM (which submitit jobs ignore)
+    env = {**os.environ, "SLURM_BASE": SLURM_BASE, "SLURM_KILL_WAIT": "2"}
+    start = subprocess.run(
+        ["bash", str(ROOT / "launch" / "start_local_slurm.sh")], env=env, capture_output=True, text=True
+    )
+    if start.returncode != 0:
+        message = f"local SLURM did not start:\n{start.stdout[-2000:]}\n{start.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env["SLURM_CONF"] = f"{SLURM_BASE}/etc/slurm.conf"
+    env["OMP_NUM_THREADS"] = "1"
+    yield env
+    if not os.environ.get("CNNCOMP_KEEP_SLURM"):  # keep it between sessions while developing
+        subprocess.run(["bash", str(ROOT / "launch" / "stop_local_slurm.sh")], env=env, capture_output=True)

@@ -319,8 +319,8 @@ def test_loader_normalization_is_exact() -> None:
 
 
 def test_unknown_dataset_and_bad_arguments() -> None:
-    assert list_datasets() == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "mnist", "synthetic"]
-    with pytest.raises(ValueError, match="'imagenet'.*cifar10, cifar100, fashion_mnist"):
+    assert list_datasets() == ["cifar10", "cifar100", "cub200", "fashion_mnist", "imagefolder", "mnist", "synthetic"]
+    with pytest.raises(ValueError, match="'imagenet'.*cifar10, cifar100, cub200, fashion_mnist"):
         build_data("imagenet")
     with pytest.raises(ValueError, match="batch_size.*0"):
         build_data("synthetic", batch_size=0)

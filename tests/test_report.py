@@ -125,8 +125,8 @@ def test_report_of_a_crafted_sweep(crafted):
 
     md = (crafted / "report.md").read_text()
     assert "**6 completed, 2 failed/diverged/interrupted, 4 missing** (1 of them started)" in md
-    assert "| dct | linear | 0.25 | completed | 91.00 | +1.00 | 333 | 3.00× | 1.3 KiB | 1,234 | ★ |" in md
-    assert "| dst | linear | 0.25 | completed | 88.00 | -2.00 | 333 | 3.00× | 1.3 KiB | 1,234 |  |" in md
+    assert "| dct | linear | 0.25 | completed | 91.00 | +1.00 | 333 | – | 3.00× | 3.00× | 1.3 KiB | 1,234 | ★ |" in md
+    assert "| dst | linear | 0.25 | completed | 88.00 | -2.00 | 333 | – | 3.00× | 3.00× | 1.3 KiB | 1,234 |  |" in md
     assert "RuntimeError: boom" in md and "non-finite loss in epoch 1" in md
     assert "`kernel=none model=lenet trainer.max_epochs=2 layers=conv` (started, no result yet)" in md
     assert "`kernel=dst model=lenet trainer.max_epochs=2 layers=all`" in md
@@ -239,3 +239,14 @@ def test_report_of_a_real_sweep(tmp_path):
 
 def test_cli_on_a_missing_dir(tmp_path):
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_method_labels_and_the_ratio_with_index_cost():
+    from cnncomp.report import method_label, ratio
+
+    assert method_label({"kernel": "dct", "selection": "block"}) == "dct"
+    assert method_label({"kernel": "dct", "selection": "learned"}) == "dct/learned"
+    assert method_label({"kernel": "identity", "selection": "magnitude"}) == "identity/magnitude"
+    assert method_label({"kernel": "none", "selection": None}) == "none"
+    assert ratio({"compression_ratio": 4.0, "compression_ratio_with_index": 2.5}) == 2.5
+    assert ratio({"compression_ratio": 4.0}) == 4.0  # records written before the index cost existed

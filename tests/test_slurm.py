@@ -1,11 +1,11 @@
 """Sweeps on a real single-node SLURM cluster (launch/start_local_slurm.sh) through submitit.
 
-Marker `slurm`. The session fixture starts the cluster and stops it at the end; where it cannot
-start (no root, no apt) the tests skip, except under CI, where that is a failure.
+Marker `slurm`. The session fixture `slurm_env` (conftest.py) starts the cluster and stops it at
+the end; where it cannot start (no root, no apt) the tests skip, except under CI, where that is a
+failure.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +17,6 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slurm
 
-BASE = os.environ.get("CNNCOMP_TEST_SLURM_BASE", "/tmp/cnncomp-slurm")
 # short cells: 1 CPU each so that the 2-core node runs two at a time
 LAUNCHER = [
     "hydra/launcher=submitit_slurm",
@@ -26,25 +25,6 @@ LAUNCHER = [
     "hydra.launcher.timeout_min=10",
 ]
 SMOKE = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=64", "trainer.batch_size=32"]
-
-
-@pytest.fixture(scope="session")
-def slurm_env():
-    # KillWait 2 s: a cancelled job is killed 2 s after its SIGTERM (which submitit jobs ignore)
-    env = {**os.environ, "SLURM_BASE": BASE, "SLURM_KILL_WAIT": "2"}
-    start = subprocess.run(
-        ["bash", str(ROOT / "launch" / "start_local_slurm.sh")], env=env, capture_output=True, text=True
-    )
-    if start.returncode != 0:
-        message = f"local SLURM did not start:\n{start.stdout[-2000:]}\n{start.stderr[-2000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    env["SLURM_CONF"] = f"{BASE}/etc/slurm.conf"
-    env["OMP_NUM_THREADS"] = "1"
-    yield env
-    if not os.environ.get("CNNCOMP_KEEP_SLURM"):  # keep it between sessions while developing
-        subprocess.run(["bash", str(ROOT / "launch" / "stop_local_slurm.sh")], env=env, capture_output=True)
 
 
 def sweep(env, sweep_dir: Path, args: list[str], wait: bool = True):

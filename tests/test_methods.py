@@ -1,0 +1,54 @@
+"""Every compression method (conf/recipe) through the training app, from one pretrained model."""
+
+import math
+
+import pytest
+import torch
+
+from cnncomp.train import CONF_DIR, train
+from tests.conftest import QUICK, make_cfg
+
+RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+LABELS = {
+    "dense": ("none", None),
+    "lowpass": ("dct", "block"),
+    "zonal": ("dct", "triangle"),
+    "dct_magnitude": ("dct", "magnitude"),
+    "pruning": ("identity", "magnitude"),
+    "sparse_vd": ("identity", "learned"),
+    "sparse_vd_dct": ("dct", "learned"),
+    "lowrank": ("identity", "lowrank"),
+    "frequency": ("dct", "frequency"),
+}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pretrained")
+    result = train(make_cfg(QUICK + ["kernel=none", "trainer.max_epochs=2"]), run)
+    assert result["status"] == "completed"
+    return run / "model.pt"
+
+
+def test_every_recipe_is_labelled():
+    assert set(RECIPES) == set(LABELS)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_fine_tunes_a_pretrained_model_and_records_what_it_stores(recipe, pretrained, tmp_path):
+    cfg = make_cfg(QUICK + [f"recipe={recipe}", f"model.pretrained={pretrained}", "kernel.keep=0.1"])
+    result = train(cfg, tmp_path)
+    assert result["status"] == "completed", result["error"]
+    assert (result["kernel"], result["selection"]) == LABELS[recipe]
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert result["stored_params"] == sum(t.numel() for t in state.values() if t.is_floating_point())
+    masks = [t for t in state.values() if t.dtype == torch.bool]
+    bits = sum(min(m.numel(), int(m.sum()) * math.ceil(math.log2(m.numel()))) for m in masks)
+    assert result["index_bits"] == bits
+    assert result["compression_ratio_with_index"] == pytest.approx(
+        result["dense_params"] / (result["stored_params"] + bits / 32)
+    )
+    if recipe == "dense":
+        assert result["compression_ratio"] == 1.0
+    else:
+        assert result["compression_ratio"] > 3.0

@@ -56,6 +56,9 @@ class VariationalWeight(TransformWeight):
         self.threshold = float(threshold)
         self.budget = math.ceil(keep * math.prod(shape))
         self.log_sigma2 = nn.Parameter(torch.full(shape, float(log_sigma2), dtype=dtype, device=device))
+        # after `freeze`: the kept set is fixed and the layer trains deterministically (in checkpoints)
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool, device=device))
+        self.register_buffer("fixed", torch.zeros(shape, dtype=torch.bool, device=device))
         eye = {a: torch.eye(n, dtype=dtype, device=device) for a, n in enumerate(shape)}
         b = {a: bases[a].to(dtype) if a in bases else eye[a] for a in range(1, len(shape))}
         # no input-side transform (kernel=identity, or axes=[out]): the responses are the input
@@ -85,7 +88,9 @@ class VariationalWeight(TransformWeight):
         )
 
     def kept(self, theta: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the coefficients that survive pruning."""
+        """Boolean mask of the coefficients that survive pruning (the fixed set once frozen)."""
+        if self.frozen:
+            return self.fixed
         kept = self.log_alpha(theta, clamp=False) < self.threshold
         budget = self.in_budget(theta)
         return kept if budget is None else kept & budget
@@ -122,8 +127,8 @@ def _variational_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     domain. Every output coefficient u_p = Σ_k θ_pk r_k (r: the input's responses to the input-side
     basis functions) is Gaussian with mean Σ θ_pk r_k and variance Σ σ²_pk r_k², independent over p;
     it is sampled, then mapped to outputs by B_out. Coefficients outside the keep budget are left
-    out. Evaluation: the pruned mean weight."""
-    if not self.training:
+    out. Evaluation, and training once frozen: the pruned mean weight."""
+    if not self.training or self.parametrizations.weight[0].frozen:
         return type(self).forward(self, x)
     param = self.parametrizations.weight[0]
     theta = self.parametrizations.weight.original
@@ -185,6 +190,19 @@ def variational_module(
     return module
 
 
+@torch.no_grad()
+def freeze(model: nn.Module) -> None:
+    """Fix every variational layer's kept set as it is now and train on deterministically: the
+    pruned mean weight, only the kept θ get gradients, no KL (`kl_divergence` skips frozen layers).
+    Fine-tuning the pruned network so recovers what the posterior noise cost, as after magnitude
+    pruning (Han et al. 2015)."""
+    for _, param, theta in _variational_layers(model):
+        if not param.frozen:
+            param.fixed.copy_(param.kept(theta))
+            param.frozen.fill_(True)
+        param.log_sigma2.requires_grad_(False)  # unused from now on (DDP must not wait for its gradient)
+
+
 def _variational_layers(model: nn.Module):
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight") and isinstance(
@@ -195,7 +213,9 @@ def _variational_layers(model: nn.Module):
 
 def kl_divergence(model: nn.Module) -> torch.Tensor:
     """Σ KL(q ‖ p) over every variational coefficient of `model` (0 when there are none)."""
-    terms = [-neg_kl(param.log_alpha(theta)).sum() for _, param, theta in _variational_layers(model)]
+    terms = [
+        -neg_kl(param.log_alpha(theta)).sum() for _, param, theta in _variational_layers(model) if not param.frozen
+    ]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -113,9 +113,15 @@ def check_config(c: dict[str, Any]) -> None:
             isinstance(k["kl_scale"], (int, float)) and not isinstance(k["kl_scale"], bool) and k["kl_scale"] > 0,
             f"kernel.kl_scale must be a number > 0, got {k['kl_scale']!r}",
         )
+        for key in ("kl_warmup_epochs", "finetune_epochs"):
+            _require(
+                isinstance(k[key], int) and not isinstance(k[key], bool) and k[key] >= 0,
+                f"kernel.{key} must be an integer >= 0, got {k[key]!r}",
+            )
         _require(
-            isinstance(k["kl_warmup_epochs"], int) and k["kl_warmup_epochs"] >= 0,
-            f"kernel.kl_warmup_epochs must be an integer >= 0, got {k['kl_warmup_epochs']!r}",
+            k["finetune_epochs"] < t["max_epochs"],
+            f"kernel.finetune_epochs={k['finetune_epochs']} leaves no sparse VD epoch: it must be below "
+            f"trainer.max_epochs={t['max_epochs']}",
         )
     try:
         layer_types(c["layers"]["name"])
@@ -432,15 +438,20 @@ def _run(
     has_val = distributed.all_reduce_sum(torch.tensor(len(data.val), device=device)).item() > 0
     evaluate = {"device": device, "precision": precision, "limit": t["limit_eval_batches"]}
     evaluate.update(channels_last=channels_last, reduce=distributed.all_reduce_sum)
-    # DDP and the compiled module share `model`'s parameters; checkpoints and evaluation use `model`
-    step_model = distributed.wrap(model, device)
-    step_model = torch.compile(step_model) if t.get("compile", False) else step_model
+    step_model = _step_model(model, device, t["compile"])
+    finetune_from = t["max_epochs"] - k["finetune_epochs"] + 1  # sparse VD: the first epoch of a fixed kept set
+    frozen = False
 
     for epoch in range(state["epoch"] + 1, t["max_epochs"] + 1):
         data.train.set_epoch(epoch)
         start = time.perf_counter()
         interactive = sys.stderr.isatty() and distributed.is_main()
-        penalty = _kl_penalty(model, k, epoch, steps * t["batch_size"]) if learned else None
+        if learned and epoch >= finetune_from and not frozen:  # this epoch or, resumed, an earlier one
+            sparsevd.freeze(model)
+            frozen = True
+            step_model = _step_model(model, device, t["compile"])  # log σ² no longer trains
+            log.info("sparse VD: the kept set is fixed; fine-tuning it for %d epochs", t["max_epochs"] - epoch + 1)
+        penalty = _kl_penalty(model, k, epoch, steps * t["batch_size"]) if learned and not frozen else None
         with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not interactive) as bar:
             fit = engine.train_epoch(
                 step_model,
@@ -520,6 +531,13 @@ def _run(
         train_time_s=state["train_time_s"],
         images_per_s=state["train_images"] / state["train_time_s"] if state["train_time_s"] else None,
     )
+
+
+def _step_model(model: torch.nn.Module, device: torch.device, compile: bool) -> torch.nn.Module:
+    """What the training step calls: `model` in DDP when data-parallel, compiled when asked. Both
+    share `model`'s parameters; checkpoints and evaluation use `model` itself."""
+    step_model = distributed.wrap(model, device)
+    return torch.compile(step_model) if compile else step_model
 
 
 def _save(path: Path, obj: Any) -> int | None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import integrate
+from omegaconf import OmegaConf
 from torch import nn
 
 from cnncomp import sparsevd
@@ -165,3 +166,52 @@ def test_a_learned_run_records_the_pruned_model(tmp_path):
     masks = [t for t in state.values() if t.dtype == torch.bool]
     assert sum(int(m.sum()) for m in masks) == sum(r["stored_params"] for r in compressed)
     assert result["index_bits"] > 0
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_freeze_fixes_the_kept_set_and_trains_deterministically(layer):
+    module, x, _ = _learned(layer, "dct")
+    param = module.parametrizations.weight[0]
+    theta = module.parametrizations.weight.original
+    drop = torch.rand(theta.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    with torch.no_grad():
+        param.log_sigma2.copy_(torch.where(drop, 2 * theta.abs().log() + 5.0, torch.full_like(theta, -20.0)))
+    sparsevd.freeze(module)
+    assert torch.equal(param.fixed, ~drop) and not param.log_sigma2.requires_grad
+    with torch.no_grad():
+        param.log_sigma2.fill_(10.0)  # would now drop everything: the fixed set must not move
+        theta.mul_(1.5)
+    assert torch.equal(param.kept(theta), ~drop)
+    assert sparsevd.kl_divergence(module).item() == 0.0  # frozen layers leave the objective
+    module.train()
+    a, b = module(x), module(x)
+    assert torch.equal(a, b)  # no posterior noise
+    module.eval()
+    assert torch.allclose(a, module(x), atol=1e-12)
+    a.square().sum().backward()
+    assert theta.grad[drop].abs().max() == 0 and theta.grad[~drop].abs().max() > 0
+    state = module.state_dict()
+    assert state["parametrizations.weight.0.frozen"] and torch.equal(state["parametrizations.weight.0.fixed"], ~drop)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices):
+    cfg = make_cfg(
+        QUICK
+        + ["kernel.selection=learned", "trainer.optimizer=adamw", "trainer.lr=0.01", "kernel.kl_scale=50"]
+        + ["kernel.kl_warmup_epochs=0", "trainer.max_epochs=3", "kernel.finetune_epochs=2"]
+        + ["trainer.device=cpu", f"trainer.devices={devices}", "dataset.num_train=200"]
+    )
+    result = train(cfg, tmp_path)
+    assert result["status"] == "completed", result["error"]
+    kept = [int(r.split(",")[-1]) for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert kept[1] == kept[2] < 61470  # the set fixed after epoch 1 does not change
+    assert result["stored_params"] - 236 == kept[2]  # LeNet-5's 236 biases
+
+
+def test_finetune_epochs_must_leave_a_sparse_vd_epoch():
+    from cnncomp.train import ConfigError, check_config
+
+    config = OmegaConf.to_container(make_cfg(QUICK + ["kernel.selection=learned", "kernel.finetune_epochs=1"]))
+    with pytest.raises(ConfigError, match="kernel.finetune_epochs=1 leaves no sparse VD epoch.*max_epochs=1"):
+        check_config(config)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import integrate
 from omegaconf import OmegaConf
+from scipy import integrate
 from torch import nn
 
 from cnncomp import sparsevd

@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
-from cnncomp import data, engine
+from cnncomp import data, engine, sparsevd
 from cnncomp.compress import stored_params
 from cnncomp.data import DataShape
 from cnncomp.measure import count_macs
@@ -216,7 +216,6 @@ def plan_sweep(
                         macs_of[arch] = count_macs(model, (shape.in_channels, shape.image_size, shape.image_size))
                 macs = macs_of[arch]
                 plan.models_built += 1
-                stored = stored_params(model)
                 step = None
                 if measure:
                     sig = _signature(model, cfg, shape)
@@ -224,6 +223,8 @@ def plan_sweep(
                         timed[sig] = _time_steps(model, cfg, shape, device, budget_s)
                         plan.timings += 1
                     step = timed[sig]
+                # selection=learned stores what survives training: at most its keep budget, counted pruned
+                stored = stored_params(sparsevd.prune(model))
                 built[key] = (dense, stored, macs, step, None)
                 del model
             except Exception as err:

@@ -29,6 +29,17 @@ def _learned(layer: str, kernel: str = "dct", **kw):
     return module, x, dense
 
 
+def _drop_some(module: nn.Module, fraction: float, seed: int):
+    """Set log σ² so that a random `fraction` of the coefficients has log α = 5 (pruned), the rest
+    log α ≈ -20; returns (parametrization, θ, the dropped mask)."""
+    param = module.parametrizations.weight[0]
+    theta = module.parametrizations.weight.original
+    drop = torch.rand(theta.shape, generator=torch.Generator().manual_seed(seed)) < fraction
+    with torch.no_grad():
+        param.log_sigma2.copy_(torch.where(drop, 2 * theta.abs().log() + 5.0, torch.full_like(theta, -20.0)))
+    return param, theta, drop
+
+
 def _true_neg_kl(log_alpha: float) -> float:
     """−KL(N(θ, αθ²) ‖ log-uniform) up to the constant that makes it vanish as α → ∞:
     ½ log α − E_{ε~N(1, α)} log|ε| − (γ + log 2)/2, by numerical integration."""
@@ -95,11 +106,7 @@ def test_identity_kernel_is_the_papers_local_reparameterization():
 @pytest.mark.parametrize("layer", LAYERS)
 def test_pruning_stores_exactly_the_counted_coefficients(layer):
     module, x, _ = _learned(layer, "dct")
-    param = module.parametrizations.weight[0]
-    theta = module.parametrizations.weight.original
-    drop = torch.rand(theta.shape, generator=torch.Generator().manual_seed(1)) < 0.6
-    with torch.no_grad():
-        param.log_sigma2.copy_(torch.where(drop, 2 * theta.abs().log() + 5.0, torch.full_like(theta, -20.0)))
+    param, theta, drop = _drop_some(module, 0.6, seed=1)
     kept, size = sparsevd.sparsity(module)
     assert (kept, size) == (int((~drop).sum()), theta.numel())
     expected = theta.detach()[~drop].clone()
@@ -171,11 +178,7 @@ def test_a_learned_run_records_the_pruned_model(tmp_path):
 @pytest.mark.parametrize("layer", LAYERS)
 def test_freeze_fixes_the_kept_set_and_trains_deterministically(layer):
     module, x, _ = _learned(layer, "dct")
-    param = module.parametrizations.weight[0]
-    theta = module.parametrizations.weight.original
-    drop = torch.rand(theta.shape, generator=torch.Generator().manual_seed(2)) < 0.5
-    with torch.no_grad():
-        param.log_sigma2.copy_(torch.where(drop, 2 * theta.abs().log() + 5.0, torch.full_like(theta, -20.0)))
+    param, theta, drop = _drop_some(module, 0.5, seed=2)
     sparsevd.freeze(module)
     assert torch.equal(param.fixed, ~drop) and not param.log_sigma2.requires_grad
     with torch.no_grad():

@@ -44,6 +44,7 @@ CSV_FIELDS = [
     "layers",
     "keep",
     "selection",
+    "method",
     "test_acc",
     "baseline_test_acc",
     "delta_test_acc",
@@ -290,7 +291,8 @@ def render_markdown(report: Report, dirs: Sequence[Path], plots: Mapping[tuple[s
     if report.common:
         lines += ["Common overrides: " + " ".join(f"`{k}={v}`" for k, v in report.common.items()), ""]
     lines += [
-        "Accuracy is test accuracy of the best-validation epoch; Δ is in percentage points against the "
+        "Accuracy is test accuracy of the best-validation epoch (selection=learned: the last, pruned); "
+        "Δ is in percentage points against the "
         "dense baseline (kernel=none) of the same model and dataset. Ratio: dense / stored values; "
         "with index: the bits that say which coefficients a mask kept counted in too (32 per value), "
         "the ratio ★ (the Pareto front of accuracy against compression) and the plots use.",

@@ -23,7 +23,7 @@ DBD_PORT=${SLURM_DBD_PORT:-6819}
 DB_PORT=${SLURM_DB_PORT:-13306}
 # seconds between SIGTERM and SIGKILL when a job is cancelled (scancel, time limit)
 KILL_WAIT=${SLURM_KILL_WAIT:-10}
-CPUS=${SLURM_CPUS:-$(nproc)}
+CPUS=${SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc obeys OMP_NUM_THREADS; the node has them all
 # advertise ~85% of physical memory (a node claiming more than it has is drained)
 MEM_MB=${SLURM_MEM_MB:-$(awk '/MemTotal/ {printf "%d", $2/1024*0.85}' /proc/meminfo)}
 RUN=$BASE/run LOG=$BASE/log

@@ -255,24 +255,12 @@ def test_two_task_ddp_job_on_slurm(slurm_env, tmp_path):
 @pytest.mark.slurm
 def test_preempted_two_task_ddp_job_requeues_and_resumes(slurm_env, tmp_path):
     """USR2 to both tasks mid-training: rank 0 requeues the job, both ranks resume from its last.pt."""
-    import submitit
-    from test_slurm import SMOKE, job_id, state, sweep, wait_for
+    from test_slurm import SMOKE, job_id, preempt_once
 
     epochs = 4
     args = [*SMOKE, "dataset.num_train=4000", f"trainer.max_epochs={epochs}", "trainer.device=cpu"]
     args += ["trainer.devices=2", "hydra.launcher.tasks_per_node=2"]
-    driver = sweep(slurm_env, tmp_path, args, wait=False)
-    try:
-        cell = wait_for(lambda: next(tmp_path.glob("*/last.pt"), None), 120, "the cell's last.pt").parent
-        jid = job_id(cell)
-        subprocess.run(["scancel", f"--signal={submitit.JobEnvironment.USR_SIG}", jid], env=slurm_env, check=True)
-        wait_for(lambda: state(slurm_env, jid) == "PENDING", 60, "the requeued job")
-        subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=slurm_env, check=True)
-        stdout, _ = driver.communicate(timeout=240)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 0, stdout[-3000:]
+    cell, jid = preempt_once(slurm_env, tmp_path, args)
     record = json.loads((cell / "result.json").read_text())
     assert (record["status"], record["world_size"], record["epochs_completed"]) == ("completed", 2, epochs)
     log = (cell / "train.log").read_text()

@@ -83,28 +83,34 @@ def test_grid_completes_on_slurm(slurm_env, tmp_path):
     assert len(ids) == 1
 
 
-def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
-    """Preemption signal mid-training -> checkpoint, requeue, resume from last.pt, same epochs."""
+def preempt_once(env, sweep_dir: Path, args: list[str]) -> tuple[Path, str]:
+    """Sweep one cell and preempt its job once it has a checkpoint (epoch 1 done, epochs still to
+    go); once the sweep has ended (exit 0), returns the cell's job dir and its job id."""
     import submitit
 
-    epochs = 4
-    args = ["model=lenet", "kernel=dct", "layers=all", f"trainer.max_epochs={epochs}", *SMOKE]
-    args += ["dataset.num_train=4000", "trainer.val_fraction=0.1"]
-    driver = sweep(slurm_env, tmp_path, args, wait=False)
+    driver = sweep(env, sweep_dir, args, wait=False)
     try:
-        # preempt the cell once it has a checkpoint (epoch 1 done), with epochs still to go
-        cell = wait_for(lambda: next(tmp_path.glob("*/last.pt"), None), 120, "the cell's last.pt").parent
+        cell = wait_for(lambda: next(sweep_dir.glob("*/last.pt"), None), 120, "the cell's last.pt").parent
         jid = job_id(cell)
         sig = submitit.JobEnvironment.USR_SIG  # submitit's preemption signal (USR2)
-        subprocess.run(["scancel", f"--signal={sig}", jid], env=slurm_env, check=True)
+        subprocess.run(["scancel", f"--signal={sig}", jid], env=env, check=True)
         # SLURM holds a requeued job ~2 minutes before it may start again; let it start now
-        wait_for(lambda: state(slurm_env, jid) == "PENDING", 60, "the requeued job")
-        subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=slurm_env, check=True)
+        wait_for(lambda: state(env, jid) == "PENDING", 60, "the requeued job")
+        subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=env, check=True)
         stdout, _ = driver.communicate(timeout=240)
     finally:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 0, stdout[-3000:]
+    return cell, jid
+
+
+def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
+    """Preemption signal mid-training -> checkpoint, requeue, resume from last.pt, same epochs."""
+    epochs = 4
+    args = ["model=lenet", "kernel=dct", "layers=all", f"trainer.max_epochs={epochs}", *SMOKE]
+    args += ["dataset.num_train=4000", "trainer.val_fraction=0.1"]
+    cell, jid = preempt_once(slurm_env, tmp_path, args)
     assert json.loads((tmp_path / "sweep_summary.json").read_text())["counts"] == {"completed": 1}
     record = json.loads((cell / "result.json").read_text())
     assert record["status"] == "completed" and record["epochs_completed"] == epochs

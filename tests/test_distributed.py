@@ -4,10 +4,6 @@ the multi-GPU SLURM profile, and a 2-task DDP job on the local SLURM cluster."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,20 +72,14 @@ def test_two_cpu_processes_train_the_same_weights_as_one(tmp_path, kernel):
 def test_sigterm_then_rerun_resumes_a_ddp_run(tmp_path):
     """SIGTERM to a `trainer.devices=2` run ends its ranks and records `interrupted`; the same command
     again resumes every rank from rank 0's last.pt and ends with the uninterrupted run's weights."""
-    from test_train import cli
+    from test_train import cli, sigterm_after_first_epoch
 
     args = [*DDP_RUN, "dataset.num_train=4000", "trainer.batch_size=32", "trainer.max_epochs=3", "kernel=dct"]
     args += ["trainer.devices=2", "trainer.val_fraction=0.1"]
     full = cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     run = tmp_path / "killed"
-    command = [sys.executable, "-m", "cnncomp.train", *args, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "metrics.csv").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130
+    assert sigterm_after_first_epoch(args, run, tmp_path) == 130
     first = json.loads((run / "result.json").read_text())
     assert first["status"] == "interrupted" and first["world_size"] == 2
     done = torch.load(run / "last.pt", weights_only=True)["state"]["epoch"]

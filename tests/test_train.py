@@ -29,6 +29,17 @@ def cli(args: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.Comp
     )
 
 
+def sigterm_after_first_epoch(args: list[str], run: Path, cwd: Path) -> int:
+    """Start `cnncomp.train` in job dir `run`, SIGTERM it once its first epoch is logged; its exit status."""
+    command = [sys.executable, "-m", "cnncomp.train", *args, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=120)
+
+
 def test_every_group_option_composes():
     assert options("model") == list_models()
     for group in GROUPS:
@@ -135,13 +146,7 @@ def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
     full = cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
-    command = [sys.executable, "-m", "cnncomp.train", *args, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "metrics.csv").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
+    assert sigterm_after_first_epoch(args, run, tmp_path) != 0
     first = json.loads((run / "result.json").read_text())
     assert first["status"] == "interrupted"
     again = cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path)

@@ -383,13 +383,7 @@ def _compress_factored(module: nn.Module, *, kernel: str, keep: float, init: str
             notes.append(f"rank 1 stores {param.stored()} values, more than keep={keep} of {weight.numel()}")
     parametrize.register_parametrization(module, "weight", param, unsafe=True)
     if init == "variance":
-        std = float(weight.float().std())
-        chain = module.parametrizations.weight
-        with torch.no_grad():
-            if method == "frequency":  # unit-norm rows/filters of n values: amplitude² / n per entry
-                chain.original.normal_(0.0, std * math.sqrt(math.prod(shape) / chain.original.numel()))
-            else:
-                lowrank.variance_init(param, [getattr(chain, f"original{i}") for i in range(len(param.ranks) + 1)], std)
+        param.variance_init(module.parametrizations.weight, float(weight.float().std()))
     param.summary = LayerSummary(
         shape=shape,
         kernel=kernel,

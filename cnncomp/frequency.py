@@ -87,6 +87,13 @@ class FrequencyWeight(nn.Module):
         unit = self.unit_weight().to(weight.dtype)
         return (weight * unit).flatten(unit.ndim - (1 if len(self.shape) == 2 else 2)).sum(-1)
 
+    @torch.no_grad()
+    def variance_init(self, chain: nn.Module, std: float) -> None:
+        """Redraw the amplitudes (`chain.original`) so that W's entries have standard deviation `std`:
+        a unit-norm row or filter of n values has entries of variance amplitude² / n."""
+        amplitude = chain.original
+        amplitude.normal_(0.0, std * math.sqrt(math.prod(self.shape) / amplitude.numel()))
+
     def stored(self) -> int:
         """Amplitudes, frequencies and phases: the values a state_dict holds for this weight."""
         functions = math.prod(self.shape[: 1 if len(self.shape) == 2 else 2])

@@ -68,6 +68,24 @@ class LowRankWeight(nn.Module):
         core = torch.einsum("oihw,op,iq->pqhw", weight, a, b)
         return core, a, b
 
+    @torch.no_grad()
+    def variance_init(self, chain: nn.Module, std: float) -> None:
+        """Redraw the factors (the originals of `chain`, this weight's ParametrizationList) so that W's
+        entries have standard deviation `std` (the dense init's): Linear U, V ~ N(0, std/√r) each
+        (Var W = r·Var U·Var V); Conv2d orthonormal random A, B and G ~ N(0, std²·O·I/(r_o·r_i)) (an
+        entry of W sums r_o·r_i terms of weight ≈ 1/(O·I))."""
+        factors = [getattr(chain, f"original{i}") for i in range(len(self.ranks) + 1)]
+        if len(self.shape) == 2:
+            scale = math.sqrt(std / math.sqrt(self.ranks[0]))
+            for f in factors:
+                f.normal_(0.0, scale)
+            return
+        core, a, b = factors
+        (out_ch, in_ch, _, _), (r_o, r_i) = self.shape, self.ranks
+        for f in (a, b):
+            f.copy_(torch.linalg.qr(torch.randn(f.shape, dtype=torch.float64))[0].to(f))
+        core.normal_(0.0, std * math.sqrt(out_ch * in_ch / (r_o * r_i)))
+
     def stored(self) -> int:
         if len(self.shape) == 2:
             return self.ranks[0] * sum(self.shape)
@@ -81,20 +99,3 @@ def ranks_for(shape: tuple[int, ...], keep: float) -> tuple[int, ...]:
         return (linear_rank(*shape, keep),)
     out_ch, in_ch, kh, kw = shape
     return tucker2_ranks(out_ch, in_ch, kh * kw, keep)
-
-
-@torch.no_grad()
-def variance_init(param: LowRankWeight, factors: list[torch.Tensor], std: float) -> None:
-    """Redraw the factors so that W's entries have standard deviation `std` (the dense init's):
-    Linear U, V ~ N(0, std/√r) each (Var W = r·Var U·Var V); Conv2d orthonormal random A, B and
-    G ~ N(0, std²·O·I/(r_o·r_i)) (an entry of W sums r_o·r_i terms of weight ≈ 1/(O·I))."""
-    if len(param.shape) == 2:
-        scale = math.sqrt(std / math.sqrt(param.ranks[0]))
-        for f in factors:
-            f.normal_(0.0, scale)
-        return
-    core, a, b = factors
-    (out_ch, in_ch, _, _), (r_o, r_i) = param.shape, param.ranks
-    for f in (a, b):
-        f.copy_(torch.linalg.qr(torch.randn(f.shape, dtype=torch.float64))[0].to(f))
-    core.normal_(0.0, std * math.sqrt(out_ch * in_ch / (r_o * r_i)))

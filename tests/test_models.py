@@ -14,12 +14,15 @@ from cnncomp.models import build_model, list_models, register_model
 SMALL_SHAPES = [(1, 28), (3, 32)]  # (in_channels, image_size): MNIST-like, CIFAR-like
 
 # Parameters at num_classes=10. Independent references: LeNet-5 = 156 + 2,416 + 48,120 + 10,164 + 850;
+# Caffe's LeNet-5 = 520 + 25,050 + 400,500 + 5,010 = 431,080 (Han et al. 2016, Table 2: 431K);
 # ResNet-18 and VGG-16-BN (one Linear(512, 10)) equal the CIFAR models of kuangliu/pytorch-cifar;
 # DenseNet-121 is that repo's count + 128 for torchvision's norm0 after the stem. AlexNet is pinned
 # as measured (2.45 M conv + 21.02 M Linear at 3 channels). One channel removes 2 × (conv1 fan-out × k²).
 PARAM_COUNTS = {
     ("lenet", 1, 28): 61_706,
     ("lenet", 3, 32): 62_006,
+    ("lenet5_caffe", 1, 28): 431_080,
+    ("lenet5_caffe", 3, 32): 657_080,  # fc1 sees 50×5×5 = 1,250 inputs
     ("alexnet", 1, 28): 23_468_746,
     ("alexnet", 3, 32): 23_471_946,
     ("resnet18", 1, 28): 11_172_810,
@@ -104,6 +107,19 @@ def test_lenet_classic_geometry(in_channels: int, image_size: int, padding: int)
     assert [(l.in_features, l.out_features) for l in linears] == [(400, 120), (120, 84), (84, 10)]
 
 
+def test_lenet5_caffe_geometry() -> None:
+    model = build_model("lenet5_caffe", num_classes=10, in_channels=1, image_size=28)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 20, (5, 5), (0, 0)),
+        (20, 50, (5, 5), (0, 0)),
+    ]
+    assert [(l.in_features, l.out_features) for l in linears] == [(800, 500), (500, 10)]
+    with pytest.raises(ValueError, match="15"):
+        build_model("lenet5_caffe", num_classes=10, in_channels=1, image_size=15)
+
+
 def test_lenet_other_sizes() -> None:
     model = build_model("lenet", num_classes=10, in_channels=1, image_size=64)
     assert model.classifier[0].in_features == 16 * 13 * 13  # 64 → 60 → 30 → 26 → 13
@@ -180,4 +196,11 @@ def test_non_positive_sizes_raise(arg: str) -> None:
 
 
 def test_list_models_sorted() -> None:
-    assert list_models() == sorted(list_models()) == ["alexnet", "densenet121", "lenet", "resnet18", "vgg16"]
+    assert list_models() == sorted(list_models()) == [
+        "alexnet",
+        "densenet121",
+        "lenet",
+        "lenet5_caffe",
+        "resnet18",
+        "vgg16",
+    ]

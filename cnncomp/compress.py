@@ -56,6 +56,10 @@ def _mode_product(x: torch.Tensor, m: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.movedim(torch.tensordot(x, m, dims=([axis], [0])), -1, axis)
 
 
+def _is_identity(b: torch.Tensor) -> bool:
+    return b.shape[0] == b.shape[1] and torch.equal(b, torch.eye(b.shape[0], dtype=b.dtype, device=b.device))
+
+
 class TransformWeight(nn.Module):
     """Parametrization W = K ×_a B_aᵀ. Block: K is the low-frequency block itself and each basis
     buffer holds only its first k_a rows. Mask: K is the vector of kept coefficients, scattered
@@ -64,6 +68,9 @@ class TransformWeight(nn.Module):
     def __init__(self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], mask: torch.Tensor | None):
         super().__init__()
         self.shape = tuple(shape)
+        # a full identity basis transforms nothing; its mode product alone would cost a 500×800
+        # Linear 0.5 GMAC per rebuild (kernel=identity: pruning, sparse VD)
+        bases = {a: b for a, b in bases.items() if not _is_identity(b)}
         self.axes = tuple(sorted(bases))
         for axis, b in bases.items():
             self.register_buffer(f"basis{axis}", b, persistent=False)  # (k_a, n_a)

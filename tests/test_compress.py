@@ -120,6 +120,18 @@ def test_variance_init_keeps_the_dense_weight_variance(layer, selection):
     assert module.weight.detach().std() / dense_std == pytest.approx(1.0, abs=0.15)
 
 
+@pytest.mark.parametrize("layer", ["linear400x120", "conv6x16k5"])
+def test_identity_kernel_is_a_masked_weight_with_no_rebuild_cost(layer):
+    module, _ = make(layer)
+    dense = module.weight.detach().clone()
+    compress_module(module, kernel="identity", keep=0.1, selection="magnitude", init="project")
+    param = module.parametrizations.weight[0]
+    assert param.axes == () and param.rebuild_flops() == 0
+    kept = dense.abs() >= dense.abs().flatten().kthvalue(dense.numel() - int(param.mask.sum()) + 1).values
+    assert torch.equal(param.mask, kept)
+    assert torch.equal(module.weight, dense * kept)
+
+
 def test_block_linear_is_a_low_rank_factorization():
     module, x = make("linear400x120")
     compress_module(module, kernel="dst", keep=0.1)

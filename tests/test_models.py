@@ -196,11 +196,15 @@ def test_non_positive_sizes_raise(arg: str) -> None:
 
 
 def test_list_models_sorted() -> None:
-    assert list_models() == sorted(list_models()) == [
-        "alexnet",
-        "densenet121",
-        "lenet",
-        "lenet5_caffe",
-        "resnet18",
-        "vgg16",
-    ]
+    assert (
+        list_models()
+        == sorted(list_models())
+        == [
+            "alexnet",
+            "densenet121",
+            "lenet",
+            "lenet5_caffe",
+            "resnet18",
+            "vgg16",
+        ]
+    )

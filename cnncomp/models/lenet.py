@@ -55,4 +55,3 @@ def lenet5_caffe(*, num_classes: int, in_channels: int, image_size: int) -> nn.S
     )
     classifier = nn.Sequential(nn.Linear(50 * side * side, 500), nn.ReLU(), nn.Linear(500, num_classes))
     return classifier_net(features, classifier)
-

@@ -85,9 +85,12 @@ class TransformWeight(nn.Module):
     def coefficient_shape(self) -> tuple[int, ...]:
         return tuple(self.basis(a).shape[0] if a in self.axes else n for a, n in enumerate(self.shape))
 
+    def coefficients(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """The stored values as the coefficient tensor (a mask's: scattered into place, zeros elsewhere)."""
+        return coeffs if self.mask is None else coeffs.new_zeros(self.shape).masked_scatter(self.mask, coeffs)
+
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
-        if self.mask is not None:
-            coeffs = coeffs.new_zeros(self.shape).masked_scatter(self.mask, coeffs)
+        coeffs = self.coefficients(coeffs)
         # expand the axes with the smallest growth first: the intermediate tensors stay small
         for axis in sorted(self.axes, key=lambda a: self.basis(a).shape[1] / self.basis(a).shape[0]):
             coeffs = _mode_product(coeffs, self.basis(axis).to(coeffs.dtype), axis)
@@ -111,12 +114,12 @@ class TransformWeight(nn.Module):
         return coeffs if self.mask is None else coeffs[self.mask]
 
 
-def _block_transform(module: nn.Module) -> TransformWeight | None:
-    """The block TransformWeight of `module` when it is the weight's only parametrization."""
+def _sole_transform(module: nn.Module) -> TransformWeight | None:
+    """The TransformWeight of `module` when it is the weight's only parametrization."""
     if not parametrize.is_parametrized(module, "weight"):
         return None
     chain = module.parametrizations.weight
-    if len(chain) != 1 or type(chain[0]) is not TransformWeight or chain[0].mask is not None:
+    if len(chain) != 1 or type(chain[0]) is not TransformWeight:
         return None
     return chain[0]
 
@@ -124,12 +127,13 @@ def _block_transform(module: nn.Module) -> TransformWeight | None:
 def linear_plan(module: nn.Module, rows: int) -> str:
     """How a compressed nn.Linear computes a forward of `rows` input rows: "factorized" or "dense".
 
-    Block selection makes W = B_outᵀ K B_in (B_a: the first k_a basis rows, (k_a, n_a)), so
-    y = ((x B_inᵀ) Kᵀ) B_out costs rows·(n_in·k_in + k_in·k_out + k_out·n_out) multiply-adds,
-    against rows·n_in·n_out for the dense product plus rebuilding W (free while
-    `parametrize.cached()` holds it, as in `engine.evaluate`). The cheaper one runs.
+    W = B_outᵀ K B_in (block selection: B_a the first k_a basis rows, (k_a, n_a); a mask: K the kept
+    values scattered into the full (n_out, n_in) tensor, B_a whole), so y = ((x B_inᵀ) Kᵀ) B_out
+    costs rows·(n_in·k_in + k_in·k_out + k_out·n_out) multiply-adds, against rows·n_in·n_out for the
+    dense product plus rebuilding W (free while `parametrize.cached()` holds it, as in
+    `engine.evaluate`). The cheaper one runs.
     """
-    param = _block_transform(module)
+    param = _sole_transform(module)
     if param is None or not isinstance(module, nn.Linear):
         return "dense"
     (k_out, k_in), (n_out, n_in) = param.coefficient_shape(), param.shape
@@ -141,13 +145,13 @@ def linear_plan(module: nn.Module, rows: int) -> str:
 
 
 def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear.forward of a block-compressed layer: factorized when `linear_plan` says so.
+    """nn.Linear.forward of a transform-compressed layer: factorized when `linear_plan` says so.
 
     Never reads `self.weight` on that path, so W is not rebuilt; F.linear keeps autocast working."""
     if linear_plan(self, x.numel() // max(self.in_features, 1)) == "dense":
         return F.linear(x, self.weight, self.bias)
     param = self.parametrizations.weight[0]
-    coeffs = self.parametrizations.weight.original  # (k_out, k_in)
+    coeffs = param.coefficients(self.parametrizations.weight.original)  # (k_out, k_in)
     factors = [coeffs]
     if 1 in param.axes:
         factors.insert(0, param.basis(1).to(coeffs.dtype))  # (k_in, n_in): (…, n_in) -> (…, k_in)
@@ -348,7 +352,7 @@ def compress_module(
 
     param = TransformWeight(shape, bases, mask)
     parametrize.register_parametrization(module, "weight", param, unsafe=True)
-    if mask is None and isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear):
         # an instance attribute, so the layer stays an nn.Linear (fold/copy/state_dict unchanged);
         # it picks the factorized or the dense product per call (linear_plan)
         module.forward = types.MethodType(_linear_forward, module)

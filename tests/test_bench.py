@@ -62,10 +62,11 @@ def test_cli_prints_a_markdown_table(tmp_path):
         ((64, 128), 0.1, None, "wavelet"),
     ],
 )
-def test_factorized_linear_equals_the_parametrized_weight(shape, keep, axes, kernel):
+@pytest.mark.parametrize("selection", ["block", "magnitude"])
+def test_factorized_linear_equals_the_parametrized_weight(shape, keep, axes, kernel, selection):
     torch.manual_seed(0)
     out_f, in_f = shape
-    layer = compress_module(nn.Linear(in_f, out_f), kernel=kernel, keep=keep, axes=axes)
+    layer = compress_module(nn.Linear(in_f, out_f), kernel=kernel, keep=keep, axes=axes, selection=selection)
     x = torch.randn(3, 5, in_f, requires_grad=True)  # any leading dims
     assert linear_plan(layer, 15) == "factorized"
     y = layer(x)
@@ -88,8 +89,11 @@ def test_linear_plan_follows_the_flop_count():
         assert linear_plan(layer, 512) == "dense"
         x = torch.randn(2, 2048)
         assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-4)
+    # a mask: K is the whole scattered (32, 64) tensor, 8·(64² + 32·64 + 32²) < 8·32·64 + 32·64·96
     masked = compress_module(nn.Linear(64, 32), kernel="dct", keep=0.25, selection="random")
-    assert linear_plan(masked, 8) == "dense"
+    assert linear_plan(masked, 8) == "factorized" and linear_plan(masked, 128) == "dense"
+    pruned = compress_module(nn.Linear(64, 32), kernel="identity", keep=0.25, selection="magnitude")
+    assert linear_plan(pruned, 8) == "dense"  # no basis: the scattered W is the cheapest form
 
 
 def test_fused_optimizer_is_used_and_matches_the_loop():

@@ -51,6 +51,14 @@ def test_every_group_option_composes():
     assert make_cfg(["experiment=conv_only"]).layers.name == "conv"
 
 
+@pytest.mark.parametrize("model", ["lenet", "lenet5_caffe"])
+def test_compare_presets_keep_each_model_apart(model):
+    # the command line's model wins over the preset's, and every path follows it
+    cfg = make_cfg(["experiment=compare", f"model={model}", "recipe=sparse_vd"])
+    assert cfg.model.name == model and cfg.model.pretrained == f"outputs/compare/{model}/pretrained/model.pt"
+    assert cfg.kernel.selection == "learned" and cfg.trainer.optimizer == "adamw" and cfg.trainer.max_epochs == 20
+
+
 @pytest.mark.parametrize("layers", ["linear", "conv", "all"])
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("model", list_models())

@@ -1,7 +1,7 @@
 """LeNet-5: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to document recognition",
-Proc. IEEE 1998 (modern variant: ReLU and max pooling), and the two LeNets the compression papers
-measure on as "LeNet-5" (Han et al. "Deep Compression", ICLR 2016; Molchanov et al. "Variational Dropout
-Sparsifies Deep Neural Networks", ICML 2017): Caffe's 20-50-500 variant."""
+Proc. IEEE 1998 (modern variant: ReLU and max pooling), and the "LeNet-5" the compression papers
+measure on (Han et al. "Deep Compression", ICLR 2016; Molchanov et al. "Variational Dropout Sparsifies
+Deep Neural Networks", ICML 2017): Caffe's 20-50-500 variant."""
 
 from torch import nn
 

@@ -59,13 +59,16 @@ class VariationalWeight(TransformWeight):
         # after `freeze`: the kept set is fixed and the layer trains deterministically (in checkpoints)
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("fixed", torch.zeros(shape, dtype=torch.bool, device=device))
-        eye = {a: torch.eye(n, dtype=dtype, device=device) for a, n in enumerate(shape)}
-        b = {a: bases[a].to(dtype) if a in bases else eye[a] for a in range(1, len(shape))}
-        # no input-side transform (kernel=identity, or axes=[out]): the responses are the input
-        # itself, and the layer's own linear/conv computes the moments (the paper's form)
-        self.direct = all(torch.equal(b[a], eye[a]) for a in b)
+        # no input-side transform (kernel=identity, or axes=[out]; TransformWeight keeps no identity
+        # axis): the responses are the input itself, and the layer's own linear/conv computes the
+        # moments (the paper's form)
+        self.direct = all(a == 0 for a in self.axes)
         if self.direct:
             return
+        b = {
+            a: self.basis(a).to(dtype) if a in self.axes else torch.eye(n, dtype=dtype, device=device)
+            for a, n in enumerate(shape)
+        }
         self.register_buffer("in_basis", b[1], persistent=False)  # (in, in)
         if len(shape) == 4:
             _, c, kh, kw = shape

@@ -19,12 +19,12 @@ the median of repeats, synchronizing the device around each timed block. Section
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,11 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnncomp import data, engine
-from cnncomp.compress import fold, stored_params
+from cnncomp import data
+from cnncomp.compression import compress_model, fold, stored_params
 from cnncomp.models import build_model, list_models
-from cnncomp.surgery import compress_model
-from cnncomp.train import compose_config, train
+from cnncomp.training import engine
 
 SECTIONS = ("pipeline", "step", "infer", "e2e", "target")
 KEEPS = (1.0, 0.25, 0.1)
@@ -242,9 +241,11 @@ def bench_infer(args: argparse.Namespace, device: torch.device, timer: Timer) ->
 
 
 def _train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """cnncomp.train.train on composed overrides, quietly; returns the record and the epoch history."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        record = train(compose_config(overrides), run_dir=run_dir)
+    """The training app (`python -m cnncomp.train`, its own process) on `overrides`; returns its
+    record and the epoch history."""
+    command = [sys.executable, "-m", "cnncomp.train", *overrides, f"hydra.run.dir={run_dir}"]
+    subprocess.run(command, capture_output=True, text=True, check=False)
+    record = json.loads((run_dir / "result.json").read_text())
     if record["status"] != "completed":
         raise RuntimeError(f"bench run {' '.join(overrides)} ended {record['status']}: {record.get('error')}")
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["state"]
@@ -414,12 +415,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _resolve(args: argparse.Namespace) -> torch.device:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no CUDA device is available")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    try:
+        device = engine.resolve_device(args.device)
+    except ValueError as err:
+        raise SystemExit(f"--device: {err}") from None
     gpu = device.type == "cuda"
     args.model = args.model or ("resnet18" if gpu else "lenet")
     args.input = args.input or ([3, 32, 32] if gpu else [1, 28, 28])

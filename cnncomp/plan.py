@@ -27,12 +27,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
-from cnncomp import data, engine, sparsevd
-from cnncomp.compress import stored_params
+from cnncomp import data
+from cnncomp.compression import stored_params
+from cnncomp.config import CONF_DIR, check_config
 from cnncomp.data import DataShape
 from cnncomp.measure import count_macs
 from cnncomp.sweep import sweep_cells
-from cnncomp.train import CONF_DIR, ConfigError, build_run_model, check_config, resolve_device
+from cnncomp.training import engine
+from cnncomp.training.model import build_run_model, run_method
 
 # What build_data would load, known without loading it: (channels, image size, classes, train, test).
 # An evaluation image costs about a third of a training image (forward only, vs forward + backward).
@@ -171,8 +173,8 @@ def plan_sweep(
     devices = {c.config["trainer"]["device"] for c in cells if c.config}
     device_name = "auto" if not devices else sorted(devices)[0]
     try:
-        device = resolve_device(device_name)
-    except ConfigError:
+        device = engine.resolve_device(device_name)
+    except ValueError:
         device = torch.device("cpu")
     plan = Plan(
         cells,
@@ -195,20 +197,21 @@ def plan_sweep(
         try:
             check_config(cfg)
             shape = data_shape(cfg["dataset"])
-        except (ConfigError, ValueError, data.DataNotFoundError) as err:
+        except (ValueError, data.DataNotFoundError) as err:  # ConfigError is a ValueError
             cell.error = str(err)
             continue
         key = (
             cfg["model"]["name"],
             shape,
             cfg["layers"]["name"],
-            repr(sorted(cfg["kernel"].items())),
+            repr([sorted(cfg[group].items()) for group in ("kernel", "method", "layers")]),
             *(str(cfg["trainer"][k]) for k in ("batch_size", "precision", "optimizer")),
         )
         if key not in built:
             try:
+                method = run_method(cfg)
                 model, _, _, dense = build_run_model(
-                    cfg, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
+                    cfg, method, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
                 )
                 arch = (cfg["model"]["name"], shape)  # MACs are those of the dense network
                 if arch not in macs_of:
@@ -223,8 +226,9 @@ def plan_sweep(
                         timed[sig] = _time_steps(model, cfg, shape, device, budget_s)
                         plan.timings += 1
                     step = timed[sig]
-                # selection=learned stores what survives training: at most its keep budget, counted pruned
-                stored = stored_params(sparsevd.prune(model))
+                # what the method stores after training (sparse VD: at most its keep budget, pruned)
+                method.finish(model)
+                stored = stored_params(model)
                 built[key] = (dense, stored, macs, step, None)
                 del model
             except Exception as err:

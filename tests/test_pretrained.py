@@ -33,8 +33,8 @@ def _run_model(overrides):
 @pytest.mark.parametrize("selection", ["block", "magnitude", "learned"])
 def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained, kernel, selection):
     path, dense = pretrained
-    overrides = [f"kernel={kernel}", f"kernel.selection={selection}", "kernel.keep=1.0", "kernel.init=project"]
-    model = _run_model(overrides + [f"model.pretrained={path}", "kernel.threshold=100"])
+    overrides = [f"kernel={kernel}", f"method.selection={selection}", "kernel.keep=1.0", "method.init=project"]
+    model = _run_model(overrides + [f"model.pretrained={path}", "method.threshold=100"])
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         expected = dense(x)
@@ -48,7 +48,7 @@ def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained,
 def test_magnitude_keeps_the_largest_projected_coefficients_of_the_pretrained_weight(pretrained):
     path, dense = pretrained
     model = _run_model(
-        ["kernel=identity", "kernel.selection=magnitude", "kernel.keep=0.1", "kernel.init=project"]
+        ["kernel=identity", "method.selection=magnitude", "kernel.keep=0.1", "method.init=project"]
         + [f"model.pretrained={path}"]
     )
     w = dense.classifier[0].weight.detach()

@@ -159,8 +159,8 @@ def test_log_sigma2_gets_no_weight_decay():
 def test_a_learned_run_records_the_pruned_model(tmp_path):
     cfg = make_cfg(
         QUICK
-        + ["kernel.selection=learned", "trainer.optimizer=adamw", "trainer.lr=0.01", "kernel.keep=0.3"]
-        + ["kernel.kl_warmup_epochs=0", "trainer.max_epochs=2"]
+        + ["method=sparse_vd", "trainer.optimizer=adamw", "trainer.lr=0.01", "kernel.keep=0.3"]
+        + ["method.kl_warmup_epochs=0", "trainer.max_epochs=2"]
     )
     result = train(cfg, tmp_path)
     assert result["status"] == "completed", result["error"]
@@ -201,8 +201,8 @@ def test_freeze_fixes_the_kept_set_and_trains_deterministically(layer):
 def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices):
     cfg = make_cfg(
         QUICK
-        + ["kernel.selection=learned", "trainer.optimizer=adamw", "trainer.lr=0.01", "kernel.kl_scale=50"]
-        + ["kernel.kl_warmup_epochs=0", "trainer.max_epochs=3", "kernel.finetune_epochs=2"]
+        + ["method=sparse_vd", "trainer.optimizer=adamw", "trainer.lr=0.01", "method.kl_scale=50"]
+        + ["method.kl_warmup_epochs=0", "trainer.max_epochs=3", "method.finetune_epochs=2"]
         + ["trainer.device=cpu", f"trainer.devices={devices}", "dataset.num_train=200"]
     )
     result = train(cfg, tmp_path)
@@ -215,6 +215,6 @@ def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices):
 def test_finetune_epochs_must_leave_a_sparse_vd_epoch():
     from cnncomp.train import ConfigError, check_config
 
-    config = OmegaConf.to_container(make_cfg(QUICK + ["kernel.selection=learned", "kernel.finetune_epochs=1"]))
-    with pytest.raises(ConfigError, match="kernel.finetune_epochs=1 leaves no sparse VD epoch.*max_epochs=1"):
+    config = OmegaConf.to_container(make_cfg(QUICK + ["method=sparse_vd", "method.finetune_epochs=1"]))
+    with pytest.raises(ConfigError, match="method.finetune_epochs=1 leaves no sparse VD epoch.*max_epochs=1"):
         check_config(config)

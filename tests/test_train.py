@@ -56,7 +56,7 @@ def test_compare_presets_keep_each_model_apart(model):
     # the command line's model wins over the preset's, and every path follows it
     cfg = make_cfg(["experiment=compare", f"model={model}", "recipe=sparse_vd"])
     assert cfg.model.name == model and cfg.model.pretrained == f"outputs/compare/{model}/pretrained/model.pt"
-    assert cfg.kernel.selection == "learned" and cfg.trainer.optimizer == "adamw" and cfg.trainer.max_epochs == 20
+    assert cfg.method.selection == "learned" and cfg.trainer.optimizer == "adamw" and cfg.trainer.max_epochs == 20
 
 
 @pytest.mark.parametrize("layers", ["linear", "conv", "all"])

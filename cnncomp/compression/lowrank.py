@@ -1,4 +1,4 @@
-"""Low-rank baselines at a stored-value budget: `compress_module(..., method="lowrank")`.
+"""Low-rank baselines at a stored-value budget: `method=lowrank`.
 
 A Linear weight (m, n) is stored as U (m, r) · V (r, n), the truncated SVD (Eckart & Young 1936:
 the best rank-r approximation in Frobenius norm); a Conv2d weight (O, I, kh, kw) as a Tucker-2
@@ -12,9 +12,12 @@ nor storage (W = B_outᵀ K B_in has the rank of K), so low-rank needs kernel=id
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from cnncomp.compression.method import Method, register_method
 
 
 def linear_rank(m: int, n: int, keep: float) -> int:
@@ -99,3 +102,19 @@ def ranks_for(shape: tuple[int, ...], keep: float) -> tuple[int, ...]:
         return (linear_rank(*shape, keep),)
     out_ch, in_ch, kh, kw = shape
     return tucker2_ranks(out_ch, in_ch, kh * kw, keep)
+
+
+@register_method
+class LowRank(Method):
+    name: ClassVar[str] = "lowrank"
+    kernels: ClassVar[tuple[str, ...]] = ("identity",)  # a transform changes no rank
+
+    def parametrization(
+        self, module: nn.Module, *, kernel: str, keep: float, axes: tuple[int, ...], init: str, wavelet: str
+    ) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+        shape = tuple(module.weight.shape)
+        param = LowRankWeight(shape, ranks_for(shape, keep))
+        notes = [f"ranks {'x'.join(map(str, param.ranks))}"]
+        if param.stored() > keep * math.prod(shape):
+            notes.append(f"rank 1 stores {param.stored()} values, more than keep={keep} of {math.prod(shape)}")
+        return param, tuple(range(len(shape))), notes

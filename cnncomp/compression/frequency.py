@@ -1,5 +1,5 @@
 """Learnable-frequency layers, the original tool's LinearDCT/DST/DFT and separable Conv2dDCT:
-`compress_module(..., method="frequency")`.
+`method=frequency`.
 
 Each output unit's weight row (Linear) or each 2-D filter (Conv2d, separable: one function per
 spatial axis) is a single basis function of the kernel evaluated at a learnable, real-valued
@@ -18,11 +18,13 @@ filter), plus phases for the DFT, whatever `keep` says.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from cnncomp import transforms
+from cnncomp.compression.method import Method, register_method
 
 KERNELS = ("dct", "dst", "dft")
 EPS = 1e-12
@@ -94,6 +96,9 @@ class FrequencyWeight(nn.Module):
         amplitude = chain.original
         amplitude.normal_(0.0, std * math.sqrt(math.prod(self.shape) / amplitude.numel()))
 
+    def no_weight_decay(self) -> tuple[str, ...]:
+        return ("freq", "phase")  # decay would pull every row towards DC
+
     def stored(self) -> int:
         """Amplitudes, frequencies and phases: the values a state_dict holds for this weight."""
         functions = math.prod(self.shape[: 1 if len(self.shape) == 2 else 2])
@@ -127,3 +132,17 @@ def initial_frequencies(kind: str, weight: torch.Tensor, fit: bool) -> tuple[tor
         flat = zonal[torch.arange(out_ch * in_ch) % (kh * kw)].reshape(out_ch, in_ch).to(weight.device)
     r, s = flat // kw, flat % kw
     return torch.stack([fh[r], fw[s]]), torch.stack([ph[r], pw[s]])
+
+
+@register_method
+class Frequency(Method):
+    name: ClassVar[str] = "frequency"
+    kernels: ClassVar[tuple[str, ...]] = KERNELS
+
+    def parametrization(
+        self, module: nn.Module, *, kernel: str, keep: float, axes: tuple[int, ...], init: str, wavelet: str
+    ) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+        weight = module.weight.detach()
+        freq, phase = initial_frequencies(kernel, weight, fit=init == "project")
+        param = FrequencyWeight(kernel, tuple(weight.shape), freq, phase)
+        return param, tuple(range(weight.ndim)), ["keep does not apply: one learnable-frequency function per row or filter"]

@@ -1,4 +1,4 @@
-"""Sparse variational dropout on transform coefficients: `compress_module(..., selection="learned")`.
+"""Sparse variational dropout on transform coefficients: `method=sparse_vd`.
 
 Molchanov, Ashukha & Vetrov, "Variational Dropout Sparsifies Deep Neural Networks", ICML 2017.
 Each stored coefficient k has a Gaussian posterior N(θ_k, σ_k²) under the log-uniform prior; the
@@ -7,20 +7,24 @@ are the parameters). Training samples each layer's pre-activations instead of it
 reparameterization), and the loss adds KL/N (`kl_divergence`) to the mean cross-entropy. Coefficients
 with log α ≥ threshold (3: α ≈ 20, noise swamps the signal) are dropped in evaluation and by `prune`,
 which turns every variational layer into a plain masked `TransformWeight` holding only the kept θ.
-With kernel=identity this is Sparse VD on the weights themselves: the paper's baseline.
+With kernel=identity this is Sparse VD on the weights themselves: the paper's baseline. A run learns
+for `max_epochs - finetune_epochs` epochs, then fixes the kept set and fine-tunes it (`freeze`).
 """
 
 from __future__ import annotations
 
 import math
 import types
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp.compress import AXIS_NAMES, LayerSummary, TransformWeight, transform_bases
+from cnncomp.compression.coefficients import TransformWeight, transform_bases
+from cnncomp.compression.method import Method, Stage, register_method
 
 # -KL(q ‖ p) ≈ k1·σ(k2 + k3·log α) − ½·log(1 + 1/α) − k1 (Molchanov et al. 2017, eq. 14)
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -104,6 +108,12 @@ class VariationalWeight(TransformWeight):
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         return super().forward(theta * self.kept(theta))
 
+    def install(self, module: nn.Module) -> None:
+        module.forward = types.MethodType(_variational_forward, module)
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        return ("log_sigma2",)  # decay would pull the posterior variances to σ² = 1
+
 
 def _responses(module: nn.Module, param: VariationalWeight, x: torch.Tensor) -> torch.Tensor:
     """The input's responses to every input-side basis function: Linear x·B_inᵀ (N, in); Conv2d
@@ -155,45 +165,6 @@ def _variational_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if self.bias is None:
         return u
     return u + self.bias.view(1, -1, *([1] * (u.ndim - 2)))
-
-
-def variational_module(
-    module: nn.Module,
-    *,
-    kernel: str,
-    keep: float = 1.0,
-    axes=None,
-    init: str = "variance",
-    threshold: float = 3.0,
-    log_sigma2_init: float = INIT_LOG_SIGMA2,
-    **opts,
-) -> nn.Module:
-    """Register a `VariationalWeight` on `module.weight` (all coefficients of the full bases);
-    called by `compress.compress_module(selection="learned")`, which checks the arguments."""
-    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-        raise ValueError(f"selection=learned needs padding_mode='zeros', got {module.padding_mode!r}")
-    weight = module.weight.detach()
-    shape = tuple(weight.shape)
-    axes_idx, bases, notes = transform_bases(module, kernel, axes, wavelet=opts.get("wavelet", "haar"))
-    param = VariationalWeight(shape, bases, threshold, keep, log_sigma2_init, weight.dtype, weight.device)
-    parametrize.register_parametrization(module, "weight", param, unsafe=True)
-    module.forward = types.MethodType(_variational_forward, module)
-    if init == "variance":
-        with torch.no_grad():
-            module.parametrizations.weight.original.normal_(0.0, float(weight.float().std()))
-    param.summary = LayerSummary(
-        shape=shape,
-        kernel=kernel,
-        selection="learned",
-        keep=float(keep),
-        achieved_keep=1.0,
-        axes=tuple(AXIS_NAMES[nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear][a] for a in axes_idx),
-        block=None,
-        dense_params=weight.numel(),
-        stored_params=weight.numel(),
-        notes=notes + [f"learned: drops log alpha >= {threshold:g}, keeps at most {param.budget}"],
-    )
-    return module
 
 
 @torch.no_grad()
@@ -248,13 +219,80 @@ def prune(model: nn.Module) -> nn.Module:
         mask = param.kept(theta)
         kept = theta[mask].clone()
         bases = {a: param.basis(a) for a in param.axes}
-        summary = param.summary
+        request = param.request
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         del module.forward  # back to the class's forward
         new = TransformWeight(param.shape, bases, mask)
         parametrize.register_parametrization(module, "weight", new, unsafe=True)
         module.parametrizations.weight.original.copy_(kept)  # exact θ, not a projection of W
-        summary.stored_params = kept.numel()
-        summary.achieved_keep = kept.numel() / math.prod(param.shape)
-        new.summary = summary
+        new.request = request
     return model
+
+
+def _require_number(value, name: str, *, integer: bool = False, above: float | None = None) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if bad or (integer and value < 0) or (above is not None and value <= above):
+        what = "an integer >= 0" if integer else "a number" + ("" if above is None else f" > {above:g}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+@register_method
+class SparseVD(Method):
+    """Sparse variational dropout (Molchanov et al. 2017) on the coefficients in the kernel's basis."""
+
+    name: ClassVar[str] = "sparse_vd"
+    options: ClassVar[dict] = {
+        "threshold": 3.0,  # drop coefficients whose log α >= threshold
+        "kl_scale": 1.0,  # KL weight relative to the ELBO's 1/N (> 1: sparser in a short schedule)
+        "kl_warmup_epochs": 5,  # the KL weight rises linearly to 1 over these epochs
+        "finetune_epochs": 0,  # the last epochs train the pruned network (kept set fixed, no noise, no KL)
+        "log_sigma2_init": INIT_LOG_SIGMA2,
+    }
+    keeps_last_epoch: ClassVar[bool] = True
+
+    def check(self) -> None:
+        _require_number(self.threshold, "threshold (log alpha)")
+        _require_number(self.log_sigma2_init, "log_sigma2_init")
+        _require_number(self.kl_scale, "kl_scale", above=0)
+        for key in ("kl_warmup_epochs", "finetune_epochs"):
+            _require_number(getattr(self, key), key, integer=True)
+
+    def parametrization(
+        self, module: nn.Module, *, kernel: str, keep: float, axes: tuple[int, ...], init: str, wavelet: str
+    ) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            raise ValueError(f"method=sparse_vd needs padding_mode='zeros', got {module.padding_mode!r}")
+        weight = module.weight.detach()
+        axes, bases, notes = transform_bases(module, kernel, axes, wavelet=wavelet)
+        param = VariationalWeight(
+            tuple(weight.shape), bases, self.threshold, keep, self.log_sigma2_init, weight.dtype, weight.device
+        )
+        return param, axes, notes + [f"sparse VD: drops log alpha >= {self.threshold:g}, keeps at most {param.budget}"]
+
+    def stages(self, max_epochs: int) -> list[Stage]:
+        if self.finetune_epochs >= max_epochs:
+            raise ValueError(
+                f"finetune_epochs={self.finetune_epochs} leaves no sparse VD epoch: it must be below "
+                f"max_epochs={max_epochs}"
+            )
+        learn = [Stage("sparse_vd", max_epochs - self.finetune_epochs)]
+        return learn + ([Stage("finetune", self.finetune_epochs)] if self.finetune_epochs else [])
+
+    def start_stage(self, model: nn.Module, stage: Stage) -> None:
+        if stage.name == "finetune":
+            freeze(model)
+
+    def penalty(self, model: nn.Module, *, stage: Stage, epoch: int, num_train: int) -> Callable | None:
+        """The KL term per training example (the ELBO's KL/N), warmed up over the first epochs;
+        kl_scale > 1 tempers the posterior (more sparsity in a short schedule, no longer the ELBO)."""
+        if stage.name != "sparse_vd":
+            return None
+        weight = kl_weight(epoch, self.kl_warmup_epochs) * self.kl_scale / num_train
+        return lambda: weight * kl_divergence(model)
+
+    def epoch_metrics(self, model: nn.Module) -> dict:
+        kept, total = sparsity(model)
+        return {"kept_coefficients": kept, "coefficients": total}
+
+    def finish(self, model: nn.Module) -> None:
+        prune(model)

@@ -13,10 +13,19 @@ from torch.nn.utils import parametrize
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-# no weight decay: biases, sparse VD's posterior log-variances (decay would pull them to σ² = 1),
-# and the frequencies and phases of frequency layers (decay would pull every row towards DC)
-NO_DECAY = ("bias", "log_sigma2", "freq", "phase")
+
+
+def resolve_device(name: str) -> torch.device:
+    """trainer.device: auto (CUDA when available), cpu or cuda."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto")
+    return torch.device(name)
 
 
 def build_optimizer(
@@ -28,8 +37,9 @@ def build_optimizer(
     momentum: float = 0.9,
     fused: bool | None = None,
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum or AdamW; no weight decay on biases and normalization parameters.
-    Decay on transform coefficients equals decay on the weight: the bases are orthonormal.
+    """SGD with Nesterov momentum or AdamW; no weight decay on biases, normalization parameters and
+    the parameters a module names in its `no_weight_decay()` (timm's convention; e.g. sparse VD's
+    log σ²). Decay on transform coefficients equals decay on the weight: the bases are orthonormal.
 
     fused=None (default) uses the fused single-kernel update where this torch has one for the
     parameters' device (CUDA; CPU too since torch 2.4: 3x faster than the per-tensor loop for
@@ -37,8 +47,9 @@ def build_optimizer(
     """
     decay, no_decay = [], []
     for module in model.modules():
+        exempt = ("bias", *module.no_weight_decay()) if hasattr(module, "no_weight_decay") else ("bias",)
         for name_, p in module.named_parameters(recurse=False):
-            (no_decay if isinstance(module, NORM_LAYERS) or name_ in NO_DECAY else decay).append(p)
+            (no_decay if isinstance(module, NORM_LAYERS) or name_ in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
         cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": True}

@@ -1,0 +1,221 @@
+"""One training run: build, train the method's stages epoch by epoch (resumable), test, save.
+
+The loop calls the method's hooks (stages, start_stage, penalty, epoch_metrics, finish) and never
+names a method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cnncomp.compression import Method, Stage, fold, format_summary, index_bits, refresh_summary, stored_params
+from cnncomp.data import build_data
+from cnncomp.measure import count_macs, state_dict_bytes
+from cnncomp.training import checkpoint, distributed, engine
+from cnncomp.training.loggers import build_loggers
+from cnncomp.training.model import build_run_model, run_method
+from cnncomp.training.record import RunRecord
+
+log = logging.getLogger("cnncomp")
+
+
+def size_fields(model: torch.nn.Module, dense_params: int) -> dict[str, Any]:
+    """Stored values, the bits that say which coefficients a mask kept, and the compression ratio
+    without and with that index cost (counted in 32-bit values)."""
+    stored, bits = stored_params(model), index_bits(model)
+    return {
+        "stored_params": stored,
+        "index_bits": bits,
+        "compression_ratio": dense_params / stored,
+        "compression_ratio_with_index": dense_params / (stored + bits / 32),
+    }
+
+
+def stage_of(stages: list[Stage], epoch: int) -> Stage:
+    """The stage that `epoch` (1-based) belongs to."""
+    end = 0
+    for stage in stages:
+        end += stage.epochs
+        if epoch <= end:
+            return stage
+    raise ValueError(f"epoch {epoch} is past the stages' {end} epochs")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+class Run:
+    """The objects of one run and its loop state; `run` drives it."""
+
+    def __init__(self, config: dict, run_dir: Path, device: torch.device, record: RunRecord) -> None:
+        t = config["trainer"]
+        self.config, self.t, self.run_dir, self.device, self.record = config, t, run_dir, device, record
+        torch.manual_seed(t["seed"])
+        self.method: Method = run_method(config)
+        self.stages = self.method.stages(t["max_epochs"])
+        dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
+        self.data = build_data(
+            config["dataset"]["name"],
+            **dataset_opts,
+            batch_size=t["batch_size"],
+            val_fraction=t["val_fraction"],
+            seed=t["seed"],
+            device=device,
+            num_workers=t["num_workers"],
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
+        self._build_model()
+        self.steps = min(len(self.data.train), t["limit_train_batches"] or len(self.data.train))
+        self.optimizer = engine.build_optimizer(
+            self.model, name=t["optimizer"], lr=t["lr"], weight_decay=t["weight_decay"], momentum=t["momentum"]
+        )
+        self.schedule = engine.build_schedule(
+            self.optimizer, name=t["schedule"], total_steps=max(1, self.steps * t["max_epochs"])
+        )
+        self.meta = checkpoint.meta(config, record.config_hash, self.model_args)
+        self.state = {"epoch": 0, "history": [], "best": None, "train_time_s": 0.0, "train_images": 0}
+        self.eval_opts = {"device": device, "precision": str(t["precision"]), "limit": t["limit_eval_batches"]}
+        self.eval_opts.update(channels_last=self.channels_last, reduce=distributed.all_reduce_sum)
+        # the ranks' validation shards together (one may be empty)
+        self.has_val = distributed.all_reduce_sum(torch.tensor(len(self.data.val), device=device)).item() > 0
+
+    def _build_model(self) -> None:
+        info = self.data.info
+        self.model, self.summary, self.model_args, dense = build_run_model(
+            self.config, self.method, num_classes=info.num_classes, in_channels=info.in_channels,
+            image_size=info.image_size,
+        )  # fmt: skip
+        self.model.to(self.device)
+        self.channels_last = bool(self.t.get("channels_last", False))
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # 4-d weights and buffers in NHWC order
+        log.info("%s on %s, %s\n%s", self.model_args["name"], info.name, self.device, format_summary(self.summary))
+        macs = count_macs(self.model, (info.in_channels, info.image_size, info.image_size))
+        self.record.update(dense_params=dense, layers_summary=self.summary, macs=macs, **size_fields(self.model, dense))
+
+    def resume(self) -> None:
+        last = self.run_dir / "last.pt"
+        distributed.barrier()  # every rank resumes from the last.pt rank 0 wrote
+        if last.exists():
+            self.state = checkpoint.resume(last, self.model, self.optimizer, self.schedule, self.record.config_hash)
+            log.info("resumed from %s after epoch %d", last, self.state["epoch"])
+
+    def step_model(self) -> torch.nn.Module:
+        """What the training step calls: the model in DDP when data-parallel, compiled when asked.
+        Both share the model's parameters; checkpoints and evaluation use the model itself."""
+        step_model = distributed.wrap(self.model, self.device)
+        return torch.compile(step_model) if self.t["compile"] else step_model
+
+    def train_epoch(self, epoch: int, stage: Stage, step_model: torch.nn.Module) -> dict[str, Any]:
+        self.data.train.set_epoch(epoch)
+        penalty = self.method.penalty(self.model, stage=stage, epoch=epoch, num_train=self.steps * self.t["batch_size"])
+        interactive = sys.stderr.isatty() and distributed.is_main()
+        with tqdm(total=self.steps, desc=f"epoch {epoch}", leave=False, disable=not interactive) as bar:
+            return engine.train_epoch(
+                step_model,
+                self.data.train,
+                self.optimizer,
+                self.schedule,
+                device=self.device,
+                precision=str(self.t["precision"]),
+                limit=self.t["limit_train_batches"],
+                progress=bar,
+                channels_last=self.channels_last,
+                penalty=penalty,
+                reduce=distributed.all_reduce_sum,
+            )
+
+    def end_epoch(self, epoch: int, fit: dict[str, Any], started: float) -> None:
+        """Validate, log and checkpoint a finished epoch."""
+        distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, the ones it saves
+        val = engine.evaluate(self.model, self.data.val, **self.eval_opts) if self.has_val else {"loss": None, "acc": None}
+        extra = self.method.epoch_metrics(self.model)
+        row = {
+            "epoch": epoch,
+            "train_loss": fit["loss"],
+            "train_acc": fit["acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+            **extra,
+        }
+        self.state["history"].append(row)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %s acc %s  (%.1fs)%s",
+            epoch, self.t["max_epochs"], fit["loss"], fit["acc"], _fmt(val["loss"]), _fmt(val["acc"]),
+            row["epoch_time_s"], "".join(f"  {k} {v}" for k, v in extra.items()),
+        )  # fmt: skip
+        self.state["epoch"] = epoch
+        best = self.state["best"]
+        if self.method.keeps_last_epoch or not self.has_val or best is None or val["acc"] > best["val_acc"]:
+            self.state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"]}
+            checkpoint.save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, **self.meta})
+        state = checkpoint.training_state(self.model, self.optimizer, self.schedule, self.state, self.meta)
+        checkpoint.save(self.run_dir / "last.pt", state)
+
+    def test(self, save_folded: bool) -> None:
+        """Load the chosen epoch, let the method finish the model (e.g. prune), test and save it."""
+        distributed.barrier()  # rank 0 has written best.pt
+        best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(best["model"])
+        self.method.finish(self.model)
+        refresh_summary(self.model, self.summary)
+        self.record.update(**size_fields(self.model, self.record.dense_params))
+        test = engine.evaluate(self.model, self.data.test, **self.eval_opts)
+        model_bytes = checkpoint.save(self.run_dir / "model.pt", self.model.state_dict())
+        dense = fold(self.model)
+        if save_folded:
+            checkpoint.save(self.run_dir / "model_folded.pt", dense.state_dict())
+        s = self.state
+        self.record.update(
+            status="completed",
+            model_bytes=model_bytes,
+            dense_model_bytes=state_dict_bytes(dense.state_dict()),
+            test_acc=test["acc"],
+            test_loss=test["loss"],
+            best_epoch=s["best"]["epoch"],
+            val_acc=s["best"]["val_acc"],
+            val_loss=s["best"]["val_loss"],
+            epochs_completed=s["epoch"],
+            train_time_s=s["train_time_s"],
+            images_per_s=s["train_images"] / s["train_time_s"] if s["train_time_s"] else None,
+        )
+
+
+def run(config: dict, run_dir: Path, device: torch.device, record: RunRecord, loggers: list, *, name: str,
+        group: str | None) -> None:  # fmt: skip
+    """Train, test and save one configuration, filling `record`; `loggers` gets the run's loggers."""
+    r = Run(config, run_dir, device, record)
+    r.resume()
+    if distributed.is_main():
+        loggers += build_loggers(config["logger"], run_dir, config, name=name, group=group)
+    stage, step_model = None, None
+    for epoch in range(r.state["epoch"] + 1, r.t["max_epochs"] + 1):
+        started = time.perf_counter()
+        if stage_of(r.stages, epoch) is not stage:  # a new stage, or the first epoch after a resume
+            stage = stage_of(r.stages, epoch)
+            r.method.start_stage(r.model, stage)
+            step_model = r.step_model()  # parameters may have stopped training (DDP must know)
+            log.info("stage %s: %d epochs from epoch %d", stage.name, stage.epochs, epoch)
+        fit = r.train_epoch(epoch, stage, step_model)
+        r.state["train_time_s"] += time.perf_counter() - started
+        r.state["train_images"] += fit["images"]
+        if not math.isfinite(fit["loss"]):
+            record.update(status="diverged", error=f"non-finite training loss in epoch {epoch}")
+            log.error("%s", record.error)
+            return
+        r.end_epoch(epoch, fit, started)
+        for logger in loggers:
+            logger.log_epoch(r.state["history"])
+    r.test(config["save_folded"])

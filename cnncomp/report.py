@@ -24,11 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from cnncomp import atomic
-from cnncomp.sweep import sweep_cells
+from cnncomp.sweep import cell_key, expected_cells, override_dict
 
 log = logging.getLogger("cnncomp.report")
 
@@ -80,30 +79,15 @@ CSV_FIELDS = [
 # the cells of a sweep
 
 
-def cell_key(overrides: Iterable[str]) -> frozenset[str]:
-    """An order-free identity of a cell's overrides, normalized through Hydra's parser."""
-    parser = OverridesParser.create()
-    return frozenset(
-        f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parser.parse_overrides(list(overrides))
-    )
-
-
-def _override_dict(overrides: Iterable[str]) -> dict[str, str]:
-    parser = OverridesParser.create()
-    return {o.get_key_element(): o.get_value_element_as_str() for o in parser.parse_overrides(list(overrides))}
-
-
-def expected_cells(sweep_dir: Path) -> list[list[str]]:
-    """Cells that the sweeps under `sweep_dir` should produce, from each `multirun.yaml` (its task
-    overrides and sweeper params); [] where there is none."""
+def sweep_dir_cells(sweep_dir: Path) -> list[list[str]]:
+    """Cells that the sweeps under `sweep_dir` should produce: `cnncomp.sweep.expected_cells` of
+    each saved `multirun.yaml` (its task overrides and sweeper params); [] where there is none."""
     cells: list[list[str]] = []
     for path in sorted(Path(sweep_dir).rglob("multirun.yaml")):
-        hydra = OmegaConf.to_container(OmegaConf.load(path).hydra, resolve=False)
-        params = (hydra.get("sweeper") or {}).get("params") or {}
-        try:
-            cells += sweep_cells(hydra["overrides"]["task"], {k: str(v) for k, v in params.items()})
-        except Exception as err:  # e.g. a glob() sweep, which needs the config repository
-            log.warning("cannot expand the sweep of %s: %s", path, err)
+        expanded = expected_cells(OmegaConf.load(path))
+        if expanded is None:  # another sweeper, or a glob() sweep, which needs the config repository
+            log.warning("cannot expand the sweep of %s as the basic sweeper does", path)
+        cells += expanded or []
     return cells
 
 
@@ -196,7 +180,7 @@ def ratio(r: Mapping[str, Any]) -> float | None:
 def analyze(dirs: Sequence[str | Path]) -> Report:
     """Read and place every record: deduplicate, find missing cells, baselines, Δ and Pareto fronts."""
     dirs = [Path(d) for d in dirs]
-    expected = [c for d in dirs for c in expected_cells(d)]
+    expected = [c for d in dirs for c in sweep_dir_cells(d)]
     by_cell: dict[Any, list[dict]] = {}
     for r in load_results(dirs):
         # a record of a single run (no overrides) is its own cell
@@ -213,7 +197,7 @@ def analyze(dirs: Sequence[str | Path]) -> Report:
     started_keys = _started_cells(dirs) if missing else set()
     started = [c for c in missing if cell_key(c) in started_keys]
 
-    overrides = [_override_dict(r.get("overrides") or []) for r in records]
+    overrides = [override_dict(r.get("overrides") or []) for r in records]
     keys = sorted({k for o in overrides for k in o})
     common = {k: overrides[0][k] for k in keys if overrides and all(o.get(k) == overrides[0].get(k) for o in overrides)}
     varying = [k for k in keys if k not in common and k not in PLACED]

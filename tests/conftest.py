@@ -21,17 +21,55 @@ QUICK = [
 ]
 
 
-def make_cfg(overrides: list[str]):
-    return compose_config(overrides)
-
-
-def need(path: Path, what: str, *, in_ci: bool = True) -> None:
+def _need(path: Path, what: str, *, in_ci: bool = True) -> None:
     """Skip a real-data test where the data is absent; in CI that is a failure for data that CI
     installs itself (`in_ci`), such as Debian's Fashion-MNIST."""
     if not path.exists():
         if in_ci and os.environ.get("CI"):
             pytest.fail(f"{what} missing at {path}: .ci/run must provide it")
         pytest.skip(f"{what} not at {path}")
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    """The repository root."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def conf_dir() -> Path:
+    """The app's config dir (`conf/`)."""
+    return CONF
+
+
+@pytest.fixture(scope="session")
+def quick() -> list[str]:
+    """Overrides for a small, fast synthetic run (extend it into a new list, never in place)."""
+    return QUICK
+
+
+@pytest.fixture(scope="session")
+def make_cfg():
+    """The app's config for a list of overrides, composed without running the app."""
+    return compose_config
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """Where Debian's dataset-fashion-mnist puts Fashion-MNIST."""
+    return FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg() -> Path:
+    """The CIFAR-10 JPEG archive beside the checkout (../shared/data)."""
+    return CIFAR10_JPEG
+
+
+@pytest.fixture(scope="session")
+def need():
+    """`need(path, what, in_ci=True)`: skip where real data is absent (fail in CI for data CI installs)."""
+    return _need
 
 
 @pytest.fixture(scope="session")

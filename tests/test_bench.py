@@ -15,19 +15,18 @@ from cnncomp.compress import compress_module, fold, linear_plan
 from cnncomp.models import build_model
 from cnncomp.surgery import compress_model
 from cnncomp.train import train
-from tests.conftest import FASHION_MNIST, QUICK, ROOT, make_cfg
 
 CPU = torch.device("cpu")
 
 
-def test_quick_bench_writes_every_figure_with_its_baseline(tmp_path, data_root):
+def test_quick_bench_writes_every_figure_with_its_baseline(tmp_path, data_root, fashion_mnist):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out), "--data-root", str(data_root)])
     result = json.loads(out.read_text())
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch_version"] == torch.__version__
     rows = result["rows"]
     sections = {r["section"] for r in rows}
-    expected = {"pipeline", "step", "infer", "e2e"} | ({"target"} if FASHION_MNIST.exists() else set())
+    expected = {"pipeline", "step", "infer", "e2e"} | ({"target"} if fashion_mnist.exists() else set())
     assert sections == expected
     for r in rows:
         for key in ("name", "unit", "baseline_name", "better"):
@@ -43,10 +42,10 @@ def test_quick_bench_writes_every_figure_with_its_baseline(tmp_path, data_root):
     assert len([r for r in rows if r["section"] == "infer"]) == 2 * len(kernels)
 
 
-def test_cli_prints_a_markdown_table(tmp_path):
+def test_cli_prints_a_markdown_table(tmp_path, root):
     out = tmp_path / "b.json"
     cmd = [sys.executable, "-m", "cnncomp.bench", "--quick", "--sections", "pipeline,step", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| section | figure | value | baseline | baseline value | ratio | better |" in proc.stdout
     assert {r["section"] for r in json.loads(out.read_text())["rows"]} == {"pipeline", "step"}
@@ -133,9 +132,9 @@ def test_channels_last_does_not_change_the_step(name):
     )
 
 
-def test_channels_last_through_train(tmp_path):
-    base = train(make_cfg([*QUICK, "trainer.deterministic=true"]), run_dir=tmp_path / "a")
-    nhwc = train(make_cfg([*QUICK, "trainer.deterministic=true", "trainer.channels_last=true"]), run_dir=tmp_path / "b")
+def test_channels_last_through_train(tmp_path, make_cfg, quick):
+    base = train(make_cfg([*quick, "trainer.deterministic=true"]), run_dir=tmp_path / "a")
+    nhwc = train(make_cfg([*quick, "trainer.deterministic=true", "trainer.channels_last=true"]), run_dir=tmp_path / "b")
     assert base["status"] == nhwc["status"] == "completed"
     assert nhwc["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4)
 

@@ -17,7 +17,6 @@ from cnncomp.data import IMAGENET_MEAN, IMAGENET_STD, DataNotFoundError, StreamL
 from cnncomp.models import build_model
 from cnncomp.plan import data_shape
 from cnncomp.train import train
-from tests.conftest import make_cfg
 
 # ---------------------------------------------------------------- sharding (in-memory loaders)
 
@@ -257,7 +256,7 @@ def _cub_tree(parent: Path) -> Path:
     return root
 
 
-def test_cub200_official_split_and_labels(tmp_path: Path) -> None:
+def test_cub200_official_split_and_labels(tmp_path: Path, make_cfg) -> None:
     root = _cub_tree(tmp_path)
     splits = build_data("cub200", path=str(tmp_path), image_size=224, batch_size=4, val_fraction=0)
     assert splits.info == data.DatasetInfo("cub200", 3, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
@@ -328,7 +327,7 @@ def _learnable_tree(root: Path, per_class: dict[str, int]) -> None:
                 Image.fromarray((pixels.clip(0, 1) * 255).astype(np.uint8)).save(path, quality=90)
 
 
-def test_training_on_a_streamed_tree_learns(tmp_path: Path) -> None:
+def test_training_on_a_streamed_tree_learns(tmp_path: Path, make_cfg) -> None:
     # measured: test accuracy 1.0 for seeds 0-4, kernel=none and kernel=dct; about 1 s of training
     _learnable_tree(tmp_path / "tree", {"train": 60, "test": 20})
     cfg = make_cfg(

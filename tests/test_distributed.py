@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, make_cfg
 from hydra import compose, initialize_config_dir
 
 from cnncomp import distributed
@@ -18,8 +17,7 @@ from cnncomp.train import CONF_DIR, ConfigError, check_config, train
 # 9 images per rank; two epochs. lr 0.02: at the default 0.05, dense LeNet's peak-LR steps amplify
 # float rounding to ~1e-3 in 24 steps (200 images, batch 16), and so does one process averaging
 # the gradients of the two half batches itself (measured: the same 9.1e-4 as DDP).
-DDP_RUN = [
-    *QUICK,
+DDP_RUN = [  # after the `quick` overrides
     "dataset.num_train=100",
     "trainer.batch_size=18",
     "trainer.max_epochs=2",
@@ -31,17 +29,17 @@ WEIGHT_TOL = 1e-5  # max |w_ddp - w_single| over every stored tensor
 METRIC_TOL = 1e-5
 
 
-def _run(tmp_path: Path, name: str, overrides: list[str]) -> tuple[dict, Path]:
+def _run(make_cfg, tmp_path: Path, name: str, overrides: list[str]) -> tuple[dict, Path]:
     run_dir = tmp_path / name
     result = train(make_cfg(overrides), run_dir=run_dir)
     return result, run_dir
 
 
 @pytest.mark.parametrize("kernel", ["none", "dct"])
-def test_two_cpu_processes_train_the_same_weights_as_one(tmp_path, kernel):
+def test_two_cpu_processes_train_the_same_weights_as_one(tmp_path, kernel, make_cfg, quick):
     """trainer.devices=2 (gloo) == one process with the same global batch and seed; only rank 0 writes."""
-    single, single_dir = _run(tmp_path, "single", [*DDP_RUN, f"kernel={kernel}"])
-    ddp, ddp_dir = _run(tmp_path, "ddp", [*DDP_RUN, f"kernel={kernel}", "trainer.devices=2"])
+    single, single_dir = _run(make_cfg, tmp_path, "single", [*quick, *DDP_RUN, f"kernel={kernel}"])
+    ddp, ddp_dir = _run(make_cfg, tmp_path, "ddp", [*quick, *DDP_RUN, f"kernel={kernel}", "trainer.devices=2"])
     assert single["status"] == ddp["status"] == "completed", ddp["error"]
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
 
@@ -69,12 +67,12 @@ def test_two_cpu_processes_train_the_same_weights_as_one(tmp_path, kernel):
 
 
 @pytest.mark.slow
-def test_sigterm_then_rerun_resumes_a_ddp_run(tmp_path):
+def test_sigterm_then_rerun_resumes_a_ddp_run(tmp_path, quick):
     """SIGTERM to a `trainer.devices=2` run ends its ranks and records `interrupted`; the same command
     again resumes every rank from rank 0's last.pt and ends with the uninterrupted run's weights."""
     from test_train import cli, sigterm_after_first_epoch
 
-    args = [*DDP_RUN, "dataset.num_train=4000", "trainer.batch_size=32", "trainer.max_epochs=3", "kernel=dct"]
+    args = [*quick, *DDP_RUN, "dataset.num_train=4000", "trainer.batch_size=32", "trainer.max_epochs=3", "kernel=dct"]
     args += ["trainer.devices=2", "trainer.val_fraction=0.1"]
     full = cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
@@ -108,35 +106,35 @@ def test_sigterm_then_rerun_resumes_a_ddp_run(tmp_path):
         ("trainer.nodes=two", "trainer.nodes must be an integer >= 1, got 'two'"),
     ],
 )
-def test_bad_devices_and_nodes_are_rejected(override, message):
+def test_bad_devices_and_nodes_are_rejected(override, message, make_cfg, quick):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        check_config(distributed_config([override]))
+        check_config(distributed_config(make_cfg, quick, [override]))
 
 
-def distributed_config(overrides: list[str]) -> dict:
+def distributed_config(make_cfg, quick, overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(make_cfg([*QUICK, *overrides]), resolve=True)
+    return OmegaConf.to_container(make_cfg([*quick, *overrides]), resolve=True)
 
 
-def test_global_batch_must_split_evenly():
+def test_global_batch_must_split_evenly(make_cfg, quick):
     with pytest.raises(ConfigError, match=r"trainer\.batch_size=15 is the global batch .* = 2"):
-        check_config(distributed_config(["trainer.batch_size=15", "trainer.devices=2"]))
-    check_config(distributed_config(["trainer.batch_size=16", "trainer.devices=2", "trainer.nodes=2"]))
+        check_config(distributed_config(make_cfg, quick, ["trainer.batch_size=15", "trainer.devices=2"]))
+    check_config(distributed_config(make_cfg, quick, ["trainer.batch_size=16", "trainer.devices=2", "trainer.nodes=2"]))
 
 
-def test_nodes_without_a_launcher_fail_with_a_record(tmp_path):
-    result = train(make_cfg([*QUICK, "trainer.device=cpu", "trainer.nodes=2"]), run_dir=tmp_path)
+def test_nodes_without_a_launcher_fail_with_a_record(tmp_path, make_cfg, quick):
+    result = train(make_cfg([*quick, "trainer.device=cpu", "trainer.nodes=2"]), run_dir=tmp_path)
     assert result["status"] == "failed"
     assert "trainer.nodes=2 needs a multi-node launcher" in result["error"]
     assert json.loads((tmp_path / "result.json").read_text())["error"] == result["error"]
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_launcher_world_size_must_match_the_config(tmp_path, monkeypatch):
+def test_launcher_world_size_must_match_the_config(tmp_path, monkeypatch, make_cfg, quick):
     """Under torchrun (RANK/WORLD_SIZE set), devices x nodes must be the launcher's process count."""
     monkeypatch.setattr(os, "environ", {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4"})
-    result = train(make_cfg([*QUICK, "trainer.device=cpu", "trainer.devices=2"]), run_dir=tmp_path)
+    result = train(make_cfg([*quick, "trainer.device=cpu", "trainer.devices=2"]), run_dir=tmp_path)
     assert result["status"] == "failed"
     assert result["error"] == (
         "trainer.devices x trainer.nodes = 2 but the launcher started 4 processes (WORLD_SIZE); set them to match"
@@ -223,12 +221,12 @@ def test_multigpu_profile_follows_devices_and_nodes():
 
 
 @pytest.mark.slurm
-def test_two_task_ddp_job_on_slurm(slurm_env, tmp_path):
+def test_two_task_ddp_job_on_slurm(slurm_env, tmp_path, root):
     """A 2-task DDP cell (gloo, 1 CPU a task) through submitit_slurm: one result.json, world_size 2."""
     from test_slurm import SMOKE, sweep
 
     args = [*SMOKE, "trainer.max_epochs=2", "trainer.device=cpu", "trainer.devices=2"]
-    out = sweep(slurm_env, tmp_path, [*args, "hydra.launcher.tasks_per_node=2"])
+    out = sweep(slurm_env, root, tmp_path, [*args, "hydra.launcher.tasks_per_node=2"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     records = list(tmp_path.rglob("result.json"))
     assert len(records) == 1
@@ -243,14 +241,14 @@ def test_two_task_ddp_job_on_slurm(slurm_env, tmp_path):
 
 
 @pytest.mark.slurm
-def test_preempted_two_task_ddp_job_requeues_and_resumes(slurm_env, tmp_path):
+def test_preempted_two_task_ddp_job_requeues_and_resumes(slurm_env, tmp_path, root):
     """USR2 to both tasks mid-training: rank 0 requeues the job, both ranks resume from its last.pt."""
     from test_slurm import SMOKE, job_id, preempt_once
 
     epochs = 4
     args = [*SMOKE, "dataset.num_train=4000", f"trainer.max_epochs={epochs}", "trainer.device=cpu"]
     args += ["trainer.devices=2", "hydra.launcher.tasks_per_node=2"]
-    cell, jid = preempt_once(slurm_env, tmp_path, args)
+    cell, jid = preempt_once(slurm_env, root, tmp_path, args)
     record = json.loads((cell / "result.json").read_text())
     assert (record["status"], record["world_size"], record["epochs_completed"]) == ("completed", 2, epochs)
     log = (cell / "train.log").read_text()

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from cnncomp.train import CONF_DIR, train
-from tests.conftest import QUICK, make_cfg
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 LABELS = {
@@ -23,9 +22,9 @@ LABELS = {
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, make_cfg, quick):
     run = tmp_path_factory.mktemp("pretrained")
-    result = train(make_cfg(QUICK + ["kernel=none", "trainer.max_epochs=2"]), run)
+    result = train(make_cfg(quick + ["kernel=none", "trainer.max_epochs=2"]), run)
     assert result["status"] == "completed"
     return run / "model.pt"
 
@@ -35,8 +34,10 @@ def test_every_recipe_is_labelled():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_fine_tunes_a_pretrained_model_and_records_what_it_stores(recipe, pretrained, tmp_path):
-    cfg = make_cfg(QUICK + [f"recipe={recipe}", f"model.pretrained={pretrained}", "kernel.keep=0.1"])
+def test_every_recipe_fine_tunes_a_pretrained_model_and_records_what_it_stores(
+    recipe, pretrained, tmp_path, make_cfg, quick
+):
+    cfg = make_cfg(quick + [f"recipe={recipe}", f"model.pretrained={pretrained}", "kernel.keep=0.1"])
     result = train(cfg, tmp_path)
     assert result["status"] == "completed", result["error"]
     assert (result["kernel"], result["selection"]) == LABELS[recipe]

@@ -10,20 +10,19 @@ from cnncomp.models import build_model
 from cnncomp.plan import DataShape, data_shape, main, plan_sweep
 from cnncomp.surgery import compress_model
 from cnncomp.sweep import sweep_cells
-from tests.conftest import CONF, ROOT
 
 
-def preset_params(name: str) -> dict[str, str]:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+def preset_params(name: str, conf_dir) -> dict[str, str]:
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
     return {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params).items()}
 
 
 @pytest.mark.parametrize("name, cells", [("grid_study", 45), ("grid_keep", 16), ("grid_smoke", 4)])
-def test_preset_grids_expand_to_their_cell_count(name, cells):
-    if not (CONF / "experiment" / f"{name}.yaml").exists():
+def test_preset_grids_expand_to_their_cell_count(name, cells, conf_dir):
+    if not (conf_dir / "experiment" / f"{name}.yaml").exists():
         pytest.skip(f"preset {name} not there")
-    expanded = sweep_cells([f"experiment={name}"], preset_params(name))
+    expanded = sweep_cells([f"experiment={name}"], preset_params(name, conf_dir))
     assert len(expanded) == cells and len({tuple(c) for c in expanded}) == cells
     assert all(f"experiment={name}" in c for c in expanded)
 
@@ -91,10 +90,10 @@ def test_bad_cells_are_reported_not_raised():
     assert good.error is None and good.stored_params > 0
 
 
-def test_cli_prints_the_cell_count_and_table():
+def test_cli_prints_the_cell_count_and_table(root):
     run = subprocess.run(
         [sys.executable, "-m", "cnncomp.plan", "--multirun", "experiment=grid_smoke", "kernel.keep=0.5,0.25"],
-        cwd=ROOT,
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=300,

@@ -5,7 +5,6 @@ from omegaconf import OmegaConf
 from cnncomp.compress import fold
 from cnncomp.models import build_model
 from cnncomp.train import ConfigError, build_run_model, train
-from tests.conftest import QUICK, make_cfg
 
 SHAPE = {"num_classes": 10, "in_channels": 1, "image_size": 28}
 
@@ -24,17 +23,17 @@ def pretrained(tmp_path_factory):
     return path, model.eval()
 
 
-def _run_model(overrides):
+def _run_model(make_cfg, overrides):
     config = OmegaConf.to_container(make_cfg(overrides), resolve=True)
     return build_run_model(config, **SHAPE)[0].eval()
 
 
 @pytest.mark.parametrize("kernel", ["identity", "dct", "dst", "dft", "wavelet"])
 @pytest.mark.parametrize("selection", ["block", "magnitude", "learned"])
-def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained, kernel, selection):
+def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained, kernel, selection, make_cfg):
     path, dense = pretrained
     overrides = [f"kernel={kernel}", f"method.selection={selection}", "kernel.keep=1.0", "method.init=project"]
-    model = _run_model(overrides + [f"model.pretrained={path}", "method.threshold=100"])
+    model = _run_model(make_cfg, overrides + [f"model.pretrained={path}", "method.threshold=100"])
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         expected = dense(x)
@@ -45,11 +44,12 @@ def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained,
         assert torch.allclose(folded[name], tensor, atol=1e-5), name
 
 
-def test_magnitude_keeps_the_largest_projected_coefficients_of_the_pretrained_weight(pretrained):
+def test_magnitude_keeps_the_largest_projected_coefficients_of_the_pretrained_weight(pretrained, make_cfg):
     path, dense = pretrained
     model = _run_model(
+        make_cfg,
         ["kernel=identity", "method.selection=magnitude", "kernel.keep=0.1", "method.init=project"]
-        + [f"model.pretrained={path}"]
+        + [f"model.pretrained={path}"],
     )
     w = dense.classifier[0].weight.detach()
     kept = model.classifier[0].parametrizations.weight[0].mask
@@ -58,12 +58,12 @@ def test_magnitude_keeps_the_largest_projected_coefficients_of_the_pretrained_we
     assert torch.equal(model.classifier[0].weight.detach()[kept], w[kept])
 
 
-def test_a_bad_pretrained_checkpoint_is_a_clear_error(tmp_path, pretrained):
+def test_a_bad_pretrained_checkpoint_is_a_clear_error(tmp_path, pretrained, make_cfg, quick):
     with pytest.raises(ConfigError, match="no such file"):
-        _run_model([f"model.pretrained={tmp_path / 'missing.pt'}"])
+        _run_model(make_cfg, [f"model.pretrained={tmp_path / 'missing.pt'}"])
     wrong = tmp_path / "alexnet.pt"
     torch.save(build_model("alexnet", **SHAPE).state_dict(), wrong)
     with pytest.raises(ConfigError, match="does not fit this model"):
-        _run_model([f"model.pretrained={wrong}"])
-    result = train(make_cfg(QUICK + [f"model.pretrained={wrong}"]), tmp_path / "run")
+        _run_model(make_cfg, [f"model.pretrained={wrong}"])
+    result = train(make_cfg(quick + [f"model.pretrained={wrong}"]), tmp_path / "run")
     assert result["status"] == "failed" and "does not fit" in result["error"]

@@ -10,7 +10,6 @@ import yaml
 
 from cnncomp.report import CSV_FIELDS, analyze, main, pareto_front, write_report
 from cnncomp.sweep import sweep_cells
-from tests.conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -186,7 +185,7 @@ def test_baseline_is_per_model_and_other_overrides(tmp_path):
     assert delta[("alexnet", "dct", "trainer.seed=1")] == pytest.approx(-0.12)
 
 
-def test_report_of_a_real_sweep(tmp_path):
+def test_report_of_a_real_sweep(tmp_path, root):
     """A real multirun through the train CLI (grid_smoke with kernel=none,dct), then the report;
     every CSV value equals the record's, and a removed record shows up as a missing cell."""
     sweep = tmp_path / "sweep"
@@ -200,7 +199,7 @@ def test_report_of_a_real_sweep(tmp_path):
     ]
     run = subprocess.run(
         [sys.executable, "-m", "cnncomp.train", "--multirun", *args],
-        cwd=ROOT,
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
 
 pytestmark = pytest.mark.slurm
 
@@ -27,11 +26,11 @@ LAUNCHER = [
 SMOKE = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=64", "trainer.batch_size=32"]
 
 
-def sweep(env, sweep_dir: Path, args: list[str], wait: bool = True):
+def sweep(env, root: Path, sweep_dir: Path, args: list[str], wait: bool = True):
     cmd = [sys.executable, "-m", "cnncomp.train", "--multirun", f"hydra.sweep.dir={sweep_dir}", *LAUNCHER, *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
 def wait_for(pred, timeout: float, what: str):
@@ -60,10 +59,13 @@ def state(env, jid: str) -> str:
     return out.stdout.strip()
 
 
-def test_grid_completes_on_slurm(slurm_env, tmp_path):
+def test_grid_completes_on_slurm(slurm_env, tmp_path, root):
     """lenet x {dct, dst} x {linear, conv} through hydra/launcher=submitit_slurm: every cell completes."""
     out = sweep(
-        slurm_env, tmp_path, ["model=lenet", "kernel=dct,dst", "layers=linear,conv", "trainer.max_epochs=1", *SMOKE]
+        slurm_env,
+        root,
+        tmp_path,
+        ["model=lenet", "kernel=dct,dst", "layers=linear,conv", "trainer.max_epochs=1", *SMOKE],
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
@@ -83,12 +85,12 @@ def test_grid_completes_on_slurm(slurm_env, tmp_path):
     assert len(ids) == 1
 
 
-def preempt_once(env, sweep_dir: Path, args: list[str]) -> tuple[Path, str]:
+def preempt_once(env, root: Path, sweep_dir: Path, args: list[str]) -> tuple[Path, str]:
     """Sweep one cell and preempt its job once it has a checkpoint (epoch 1 done, epochs still to
     go); once the sweep has ended (exit 0), returns the cell's job dir and its job id."""
     import submitit
 
-    driver = sweep(env, sweep_dir, args, wait=False)
+    driver = sweep(env, root, sweep_dir, args, wait=False)
     try:
         cell = wait_for(lambda: next(sweep_dir.glob("*/last.pt"), None), 120, "the cell's last.pt").parent
         jid = job_id(cell)
@@ -105,12 +107,12 @@ def preempt_once(env, sweep_dir: Path, args: list[str]) -> tuple[Path, str]:
     return cell, jid
 
 
-def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
+def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, root):
     """Preemption signal mid-training -> checkpoint, requeue, resume from last.pt, same epochs."""
     epochs = 4
     args = ["model=lenet", "kernel=dct", "layers=all", f"trainer.max_epochs={epochs}", *SMOKE]
     args += ["dataset.num_train=4000", "trainer.val_fraction=0.1"]
-    cell, jid = preempt_once(slurm_env, tmp_path, args)
+    cell, jid = preempt_once(slurm_env, root, tmp_path, args)
     assert json.loads((tmp_path / "sweep_summary.json").read_text())["counts"] == {"completed": 1}
     record = json.loads((cell / "result.json").read_text())
     assert record["status"] == "completed" and record["epochs_completed"] == epochs
@@ -121,13 +123,13 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
     assert job_id(cell) == jid  # the same job, requeued
 
 
-def test_cancelled_cell_is_reported_failed_and_rerun(slurm_env, tmp_path):
+def test_cancelled_cell_is_reported_failed_and_rerun(slurm_env, tmp_path, root):
     """scancel -> the cell is reported failed, exit 1; the same command again reruns only that cell."""
     # long enough (~15 s a cell) that SLURM's SIGKILL, KillWait (2 s) after scancel's SIGTERM (which
     # submitit ignores), lands before the cell could finish
     args = ["model=lenet", "kernel=dct,dst", "layers=all", "trainer.max_epochs=25", *SMOKE]
     args += ["dataset.num_train=4000"]
-    driver = sweep(slurm_env, tmp_path, args, wait=False)
+    driver = sweep(slurm_env, root, tmp_path, args, wait=False)
     kept, cancelled = tmp_path / "kernel=dct", tmp_path / "kernel=dst"
     try:
         wait_for(lambda: job_id(cancelled), 120, "the second cell to start")
@@ -144,7 +146,7 @@ def test_cancelled_cell_is_reported_failed_and_rerun(slurm_env, tmp_path):
     assert "FAILED #1" in stdout
 
     done_before = json.loads((kept / "result.json").read_text())["ended_at"]
-    again = sweep(slurm_env, tmp_path, args)
+    again = sweep(slurm_env, root, tmp_path, args)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
     outcomes = {Path(r["run_dir"]).name: r["outcome"] for r in summary["rows"]}

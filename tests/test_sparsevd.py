@@ -11,7 +11,6 @@ from torch import nn
 from cnncomp import sparsevd
 from cnncomp.compress import compress_module, fold, index_bits, layer_summary, stored_params
 from cnncomp.train import train
-from tests.conftest import QUICK, make_cfg
 
 LAYERS = {
     "linear": (lambda: nn.Linear(12, 8), (5, 12)),
@@ -156,9 +155,9 @@ def test_log_sigma2_gets_no_weight_decay():
     assert id(model[0].parametrizations.weight.original) in decayed
 
 
-def test_a_learned_run_records_the_pruned_model(tmp_path):
+def test_a_learned_run_records_the_pruned_model(tmp_path, make_cfg, quick):
     cfg = make_cfg(
-        QUICK
+        quick
         + ["method=sparse_vd", "trainer.optimizer=adamw", "trainer.lr=0.01", "kernel.keep=0.3"]
         + ["method.kl_warmup_epochs=0", "trainer.max_epochs=2"]
     )
@@ -198,9 +197,9 @@ def test_freeze_fixes_the_kept_set_and_trains_deterministically(layer):
 
 
 @pytest.mark.parametrize("devices", [1, 2])
-def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices):
+def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices, make_cfg, quick):
     cfg = make_cfg(
-        QUICK
+        quick
         + ["method=sparse_vd", "trainer.optimizer=adamw", "trainer.lr=0.01", "method.kl_scale=50"]
         + ["method.kl_warmup_epochs=0", "trainer.max_epochs=3", "method.finetune_epochs=2"]
         + ["trainer.device=cpu", f"trainer.devices={devices}", "dataset.num_train=200"]
@@ -212,9 +211,9 @@ def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices):
     assert result["stored_params"] - 236 == kept[2]  # LeNet-5's 236 biases
 
 
-def test_finetune_epochs_must_leave_a_sparse_vd_epoch():
+def test_finetune_epochs_must_leave_a_sparse_vd_epoch(make_cfg, quick):
     from cnncomp.train import ConfigError, check_config
 
-    config = OmegaConf.to_container(make_cfg(QUICK + ["method=sparse_vd", "method.finetune_epochs=1"]))
+    config = OmegaConf.to_container(make_cfg(quick + ["method=sparse_vd", "method.finetune_epochs=1"]))
     with pytest.raises(ConfigError, match="method.finetune_epochs=1 leaves no sparse VD epoch.*max_epochs=1"):
         check_config(config)

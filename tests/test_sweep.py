@@ -8,18 +8,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 # the smoke grid, deterministic so that two launchers must give identical numbers
 GRID = ["experiment=grid_smoke", "trainer.deterministic=true"]
 CELLS = ["kernel=dct,layers=conv", "kernel=dct,layers=linear", "kernel=dst,layers=conv", "kernel=dst,layers=linear"]
 
 
-def multirun(args: list[str], cwd: Path = ROOT, wait: bool = True):
+def multirun(args: list[str], cwd: Path, wait: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cnncomp.train", "--multirun", *args]
     if not wait:
@@ -36,10 +34,10 @@ def summary(sweep_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def basic_sweep(tmp_path_factory) -> Path:
+def basic_sweep(tmp_path_factory, root) -> Path:
     """The smoke grid through the basic launcher, once for the module."""
     sweep_dir = tmp_path_factory.mktemp("basic")
-    out = multirun([*GRID, f"hydra.sweep.dir={sweep_dir}"])
+    out = multirun([*GRID, f"hydra.sweep.dir={sweep_dir}"], root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return sweep_dir
 
@@ -55,21 +53,18 @@ def test_grid_preset_names_job_dirs_from_varying_overrides(basic_sweep):
     assert s["cells"] == 4 and s["counts"] == {"completed": 4}
 
 
-def test_rerun_of_finished_sweep_skips_every_cell(basic_sweep):
+def test_rerun_of_finished_sweep_skips_every_cell(basic_sweep, root):
     before = {cell: r["ended_at"] for cell, r in records(basic_sweep).items()}
-    tic = time.perf_counter()
-    out = multirun([*GRID, f"hydra.sweep.dir={basic_sweep}"])
-    elapsed = time.perf_counter() - tic
+    out = multirun([*GRID, f"hydra.sweep.dir={basic_sweep}"], root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert summary(basic_sweep)["counts"] == {"skipped": 4}
     assert "4 cells: 0 completed, 4 skipped" in out.stdout
     assert {cell: r["ended_at"] for cell, r in records(basic_sweep).items()} == before
-    assert elapsed < 30, f"skipping 4 finished cells took {elapsed:.1f}s"  # mostly interpreter start-up
 
 
-def test_submitit_local_gives_the_same_results_as_basic(basic_sweep, tmp_path):
+def test_submitit_local_gives_the_same_results_as_basic(basic_sweep, tmp_path, root):
     out = multirun(
-        [*GRID, "hydra/launcher=submitit_local", "hydra.launcher.max_parallel=2", f"hydra.sweep.dir={tmp_path}"]
+        [*GRID, "hydra/launcher=submitit_local", "hydra.launcher.max_parallel=2", f"hydra.sweep.dir={tmp_path}"], root
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "at most 2 at a time" in out.stdout + out.stderr
@@ -97,10 +92,10 @@ def test_two_sweeps_started_together_do_not_collide(tmp_path):
         assert summary(d)["counts"] == {"completed": 2}
 
 
-def test_failing_cell_is_summarized_and_exits_nonzero(tmp_path):
+def test_failing_cell_is_summarized_and_exits_nonzero(tmp_path, root):
     args = ["model=lenet", "kernel=dct", "trainer.lr=-1,0.05", "dataset=synthetic", "dataset.num_train=64"]
     args += ["dataset.num_test=32", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"]
-    out = multirun(args)
+    out = multirun(args, root)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 cells: 1 completed, 0 skipped (done before), 1 failed" in out.stdout
     assert "FAILED #0" in out.stdout and "trainer.lr must be > 0" in out.stdout
@@ -108,6 +103,6 @@ def test_failing_cell_is_summarized_and_exits_nonzero(tmp_path):
     rows = {Path(r["run_dir"]).name: r for r in s["rows"]}
     assert rows["trainer.lr=-1"]["outcome"] == "failed" and rows["trainer.lr=0.05"]["outcome"] == "completed"
     # the same command again: the failed cell is rerun (and fails again), the completed one skipped
-    again = multirun(args)
+    again = multirun(args, root)
     assert again.returncode == 1
     assert "2 cells: 0 completed, 1 skipped (done before), 1 failed" in again.stdout

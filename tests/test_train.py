@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,14 +12,13 @@ from cnncomp.compress import stored_params
 from cnncomp.models import build_model, list_models
 from cnncomp.surgery import compress_model
 from cnncomp.train import train
-from tests.conftest import CIFAR10_JPEG, CONF, FASHION_MNIST, QUICK, ROOT, make_cfg, need
 
 KERNELS = ["none", "identity", "dct", "dst", "dft", "wavelet"]
 GROUPS = ["model", "kernel", "layers", "dataset", "trainer", "logger", "experiment"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+def options(conf_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def cli(args: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
@@ -40,10 +38,10 @@ def sigterm_after_first_epoch(args: list[str], run: Path, cwd: Path) -> int:
     return proc.wait(timeout=120)
 
 
-def test_every_group_option_composes():
-    assert options("model") == list_models()
+def test_every_group_option_composes(make_cfg, conf_dir):
+    assert options(conf_dir, "model") == list_models()
     for group in GROUPS:
-        for option in options(group):
+        for option in options(conf_dir, group):
             cfg = make_cfg([f"{group}={option}"])
             if group in ("model", "kernel", "layers", "dataset", "logger"):
                 assert cfg[group].name == option
@@ -52,7 +50,7 @@ def test_every_group_option_composes():
 
 
 @pytest.mark.parametrize("model", ["lenet", "lenet5_caffe"])
-def test_compare_presets_keep_each_model_apart(model):
+def test_compare_presets_keep_each_model_apart(model, make_cfg):
     # the command line's model wins over the preset's, and every path follows it
     cfg = make_cfg(["experiment=compare", f"model={model}", "recipe=sparse_vd"])
     assert cfg.model.name == model and cfg.model.pretrained == f"outputs/compare/{model}/pretrained/model.pt"
@@ -62,11 +60,11 @@ def test_compare_presets_keep_each_model_apart(model):
 @pytest.mark.parametrize("layers", ["linear", "conv", "all"])
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("model", list_models())
-def test_every_combination_trains_a_step_on_synthetic_data(model, kernel, layers, tmp_path):
+def test_every_combination_trains_a_step_on_synthetic_data(model, kernel, layers, tmp_path, make_cfg, quick):
     shape = ["dataset.in_channels=3", "dataset.image_size=32"] if KERNELS.index(kernel) % 2 else []
     cfg = make_cfg(
         [
-            *QUICK,
+            *quick,
             *shape,
             f"model={model}",
             f"kernel={kernel}",
@@ -90,8 +88,8 @@ def test_every_combination_trains_a_step_on_synthetic_data(model, kernel, layers
     assert r["model_bytes"] == (tmp_path / "model.pt").stat().st_size
 
 
-def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path):
-    cfg = make_cfg([*QUICK, "kernel=dst", "layers=conv", "kernel.keep=0.5", "trainer.max_epochs=2", "save_folded=true"])
+def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path, make_cfg, quick):
+    cfg = make_cfg([*quick, "kernel=dst", "layers=conv", "kernel.keep=0.5", "trainer.max_epochs=2", "save_folded=true"])
     r = train(cfg, run_dir=tmp_path)
     on_disk = json.loads((tmp_path / "result.json").read_text())
     assert on_disk["status"] == r["status"] == "completed"
@@ -133,8 +131,8 @@ def test_run_record_is_complete_and_checkpoints_rebuild_the_model(tmp_path):
     assert torch.allclose(model(x), dense(x), atol=1e-5)
 
 
-def test_deterministic_runs_are_identical(tmp_path):
-    overrides = [*QUICK, "trainer.max_epochs=2", "trainer.deterministic=true"]
+def test_deterministic_runs_are_identical(tmp_path, quick, make_cfg):
+    overrides = [*quick, "trainer.max_epochs=2", "trainer.deterministic=true"]
     a = train(make_cfg(overrides), run_dir=tmp_path / "a")
     b = train(make_cfg(overrides), run_dir=tmp_path / "b")
     assert a["test_acc"] == b["test_acc"] and a["test_loss"] == b["test_loss"]
@@ -171,10 +169,10 @@ def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_checkpoint_of_another_config_is_left_untouched(tmp_path):
-    train(make_cfg([*QUICK]), run_dir=tmp_path)
+def test_checkpoint_of_another_config_is_left_untouched(tmp_path, make_cfg, quick):
+    train(make_cfg([*quick]), run_dir=tmp_path)
     before = (tmp_path / "last.pt").read_bytes()
-    r = train(make_cfg([*QUICK, "kernel.keep=0.5"]), run_dir=tmp_path)
+    r = train(make_cfg([*quick, "kernel.keep=0.5"]), run_dir=tmp_path)
     assert r["status"] == "failed" and "another configuration" in r["error"]
     assert (tmp_path / "last.pt").read_bytes() == before
 
@@ -227,9 +225,9 @@ def test_bad_input_exits_with_a_clear_message(args, words, tmp_path):
     assert not (run / "model.pt").exists()
 
 
-def test_wandb_offline_logs_inside_the_job_dir_without_secrets(tmp_path, monkeypatch):
+def test_wandb_offline_logs_inside_the_job_dir_without_secrets(tmp_path, monkeypatch, make_cfg, quick):
     monkeypatch.setenv("WANDB_API_KEY", "sekret-key-123")
-    cfg = make_cfg([*QUICK, "logger=wandb", "trainer.max_epochs=2", "+logger.api_key=sekret-key-123"])
+    cfg = make_cfg([*quick, "logger=wandb", "trainer.max_epochs=2", "+logger.api_key=sekret-key-123"])
     r = train(cfg, run_dir=tmp_path)
     assert r["status"] == "completed", r["error"]
     runs = list((tmp_path / "wandb").glob("wandb/offline-run-*")) or list((tmp_path / "wandb").glob("offline-run-*"))
@@ -239,10 +237,10 @@ def test_wandb_offline_logs_inside_the_job_dir_without_secrets(tmp_path, monkeyp
             assert b"sekret-key-123" not in path.read_bytes(), path
 
 
-def test_mlflow_logs_metrics_to_a_local_store(tmp_path):
+def test_mlflow_logs_metrics_to_a_local_store(tmp_path, make_cfg, quick):
     mlflow = pytest.importorskip("mlflow")
     uri = (tmp_path / "mlruns").as_uri()
-    cfg = make_cfg([*QUICK, "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.max_epochs=2"])
+    cfg = make_cfg([*quick, "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.max_epochs=2"])
     r = train(cfg, run_dir=tmp_path / "run")
     assert r["status"] == "completed", r["error"]
     client = mlflow.tracking.MlflowClient(uri)
@@ -252,7 +250,7 @@ def test_mlflow_logs_metrics_to_a_local_store(tmp_path):
     assert run.data.metrics["test_acc"] == pytest.approx(r["test_acc"])
 
 
-def test_synthetic_data_is_learnable(tmp_path):
+def test_synthetic_data_is_learnable(tmp_path, make_cfg):
     r = train(make_cfg(["dataset=synthetic", "trainer.max_epochs=3", "kernel=none"]), run_dir=tmp_path)
     assert r["test_acc"] >= 0.8
 
@@ -260,8 +258,8 @@ def test_synthetic_data_is_learnable(tmp_path):
 @pytest.mark.slow
 # measured (batch 32, lr 0.05, seeds 0 and 1): dct 0.8765, 0.8749; none 0.9037
 @pytest.mark.parametrize("kernel, floor", [("dct", 0.86), ("none", 0.895)])
-def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
-    need(FASHION_MNIST, "Debian's dataset-fashion-mnist")
+def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root, need, fashion_mnist, make_cfg):
+    need(fashion_mnist, "Debian's dataset-fashion-mnist")
     r = train(make_cfg([f"kernel={kernel}", f"dataset.root={data_root}"]), run_dir=tmp_path)
     assert r["status"] == "completed", r["error"]
     assert r["test_acc"] >= floor, r["test_acc"]
@@ -285,14 +283,14 @@ def test_fashion_mnist_lenet_five_epochs(kernel, floor, tmp_path, data_root):
         ),
     ],
 )
-def test_cifar10_jpeg_through_imagefolder(model, overrides, floor, tmp_path, data_root):
-    need(CIFAR10_JPEG, "the CIFAR-10 JPEG archive (../shared/data)", in_ci=False)
+def test_cifar10_jpeg_through_imagefolder(model, overrides, floor, tmp_path, data_root, need, cifar10_jpeg, make_cfg):
+    need(cifar10_jpeg, "the CIFAR-10 JPEG archive (../shared/data)", in_ci=False)
     cfg = make_cfg(
         [
             f"model={model}",
             "kernel=dct",
             "dataset=imagefolder",
-            f"dataset.path={CIFAR10_JPEG}",
+            f"dataset.path={cifar10_jpeg}",
             f"dataset.root={data_root}",
             *overrides,
         ]
@@ -307,24 +305,23 @@ def test_cfg_job_prints_a_readable_config(tmp_path):
     assert out.returncode == 0
     for line in ["model:", "  name: lenet", "kernel:", "  keep: 0.25", "trainer:", "  max_epochs: 5"]:
         assert line in out.stdout
-    assert os.environ.get("HOME", "~") not in out.stdout or "root:" in out.stdout
 
 
-def test_project_layout():
+def test_project_layout(root):
     for path in ["conf", "cnncomp", "tests", "launch", "outputs/.gitkeep", "pyproject.toml", "Makefile"]:
-        assert (ROOT / path).exists(), path
+        assert (root / path).exists(), path
 
 
-def test_non_finite_loss_ends_the_run_as_diverged(tmp_path):
-    r = train(make_cfg([*QUICK, "kernel=none", "trainer.lr=1e12", "trainer.schedule=none"]), run_dir=tmp_path)
+def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, make_cfg, quick):
+    r = train(make_cfg([*quick, "kernel=none", "trainer.lr=1e12", "trainer.schedule=none"]), run_dir=tmp_path)
     assert r["status"] == "diverged" and "non-finite" in r["error"]
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
     assert not (tmp_path / "model.pt").exists()
 
 
-def test_a_completed_run_is_not_repeated(tmp_path):
-    first = train(make_cfg(QUICK), run_dir=tmp_path)
+def test_a_completed_run_is_not_repeated(tmp_path, make_cfg, quick):
+    first = train(make_cfg(quick), run_dir=tmp_path)
     stamp = (tmp_path / "result.json").stat().st_mtime_ns
-    again = train(make_cfg(QUICK), run_dir=tmp_path)
+    again = train(make_cfg(quick), run_dir=tmp_path)
     assert again == json.loads((tmp_path / "result.json").read_text()) and again["test_acc"] == first["test_acc"]
     assert (tmp_path / "result.json").stat().st_mtime_ns == stamp

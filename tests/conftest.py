@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cnncomp.train import compose_config
+from cnncomp.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp import bench, engine
-from cnncomp.compress import compress_module, fold, linear_plan
+from cnncomp import bench
+from cnncomp.compression import compress_model, compress_module, fold
+from cnncomp.compression.coefficients import linear_plan
 from cnncomp.models import build_model
-from cnncomp.surgery import compress_model
 from cnncomp.train import train
+from cnncomp.training import engine
 
 CPU = torch.device("cpu")
 

@@ -5,10 +5,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cnncomp.compress import stored_params
+from cnncomp.compression import compress_model, stored_params
 from cnncomp.models import build_model
 from cnncomp.plan import DataShape, data_shape, main, plan_sweep
-from cnncomp.surgery import compress_model
 from cnncomp.sweep import sweep_cells
 
 

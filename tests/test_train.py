@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnncomp.compress import stored_params
+from cnncomp.compression import compress_model, stored_params
 from cnncomp.models import build_model, list_models
-from cnncomp.surgery import compress_model
 from cnncomp.train import train
 
 KERNELS = ["none", "identity", "dct", "dst", "dft", "wavelet"]

@@ -291,8 +291,7 @@ class SparseVD(Method):
         return lambda: weight * kl_divergence(model)
 
     def epoch_metrics(self, model: nn.Module) -> dict:
-        kept, total = sparsity(model)
-        return {"kept_coefficients": kept, "coefficients": total}
+        return {"kept_coefficients": sparsity(model)[0]}
 
     def finish(self, model: nn.Module) -> None:
         prune(model)

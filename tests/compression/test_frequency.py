@@ -6,9 +6,9 @@ import torch
 import torch_dct
 from torch import nn
 
-from cnncomp import frequency, transforms
-from cnncomp.compress import compress_module, fold, index_bits, layer_summary, stored_params
-from cnncomp.engine import build_optimizer
+from cnncomp import transforms
+from cnncomp.compression import compress_module, fold, frequency, index_bits, layer_summary, stored_params
+from cnncomp.training.engine import build_optimizer
 
 
 def direct_row(kind: str, f: float, n: int, phase: float = 0.0) -> np.ndarray:
@@ -150,5 +150,5 @@ def test_frequency_needs_a_kernel_with_frequencies():
     for kernel in ("identity", "wavelet"):
         with pytest.raises(ValueError, match=f"method=frequency.*{kernel!r}.*dct, dst, dft"):
             compress_module(nn.Linear(4, 4), kernel=kernel, keep=0.5, method="frequency")
-    with pytest.raises(ValueError, match="unknown method 'fourier'; allowed: transform, frequency, lowrank"):
+    with pytest.raises(ValueError, match="unknown method 'fourier'; allowed: frequency, lowrank, sparse_vd"):
         compress_module(nn.Linear(4, 4), kernel="dct", keep=0.5, method="fourier")

@@ -2,9 +2,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnncomp.compress import fold
+from cnncomp.compression import fold
+from cnncomp.errors import ConfigError
 from cnncomp.models import build_model
-from cnncomp.train import ConfigError, build_run_model, train
+from cnncomp.train import train
+from cnncomp.training.model import build_run_model, run_method
 
 SHAPE = {"num_classes": 10, "in_channels": 1, "image_size": 28}
 
@@ -25,15 +27,17 @@ def pretrained(tmp_path_factory):
 
 def _run_model(make_cfg, overrides):
     config = OmegaConf.to_container(make_cfg(overrides), resolve=True)
-    return build_run_model(config, **SHAPE)[0].eval()
+    return build_run_model(config, run_method(config), **SHAPE)[0].eval()
 
 
 @pytest.mark.parametrize("kernel", ["identity", "dct", "dst", "dft", "wavelet"])
-@pytest.mark.parametrize("selection", ["block", "magnitude", "learned"])
-def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained, kernel, selection, make_cfg):
+@pytest.mark.parametrize(
+    "method", ["method.selection=block", "method.selection=magnitude", "method=sparse_vd method.threshold=100"]
+)
+def test_project_then_fold_reproduces_the_pretrained_model_at_keep_1(pretrained, kernel, method, make_cfg):
     path, dense = pretrained
-    overrides = [f"kernel={kernel}", f"method.selection={selection}", "kernel.keep=1.0", "method.init=project"]
-    model = _run_model(make_cfg, overrides + [f"model.pretrained={path}", "method.threshold=100"])
+    overrides = [f"kernel={kernel}", *method.split(), "kernel.keep=1.0", "method.init=project"]
+    model = _run_model(make_cfg, overrides + [f"model.pretrained={path}"])
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         expected = dense(x)

@@ -8,8 +8,7 @@ from omegaconf import OmegaConf
 from scipy import integrate
 from torch import nn
 
-from cnncomp import sparsevd
-from cnncomp.compress import compress_module, fold, index_bits, layer_summary, stored_params
+from cnncomp.compression import compress_module, fold, index_bits, layer_summary, sparse_vd, stored_params
 from cnncomp.train import train
 
 LAYERS = {
@@ -24,7 +23,7 @@ def _learned(layer: str, kernel: str = "dct", **kw):
     module = build().double()
     x = torch.randn(shape, dtype=torch.float64)
     dense = module(x).detach()
-    compress_module(module, kernel=kernel, keep=kw.pop("keep", 1.0), selection="learned", init="project", **kw)
+    compress_module(module, kernel=kernel, keep=kw.pop("keep", 1.0), method="sparse_vd", init="project", **kw)
     return module, x, dense
 
 
@@ -55,7 +54,7 @@ def test_kl_approximation_matches_the_exact_curve():
     # Molchanov et al. 2017 fit k1, k2, k3 to this curve; their approximation is within 0.01 of it
     log_alphas = np.linspace(-8, 8, 33)
     exact = np.array([_true_neg_kl(a) for a in log_alphas])
-    approx = sparsevd.neg_kl(torch.tensor(log_alphas)).numpy()
+    approx = sparse_vd.neg_kl(torch.tensor(log_alphas)).numpy()
     assert np.abs(exact - approx).max() < 0.01
     assert approx[-1] == pytest.approx(0.0, abs=2e-4)  # → 0 for α → ∞ (the pruned limit)
     assert np.all(np.diff(approx) > 0)  # the KL falls monotonically as α grows
@@ -106,12 +105,12 @@ def test_identity_kernel_is_the_papers_local_reparameterization():
 def test_pruning_stores_exactly_the_counted_coefficients(layer):
     module, x, _ = _learned(layer, "dct")
     param, theta, drop = _drop_some(module, 0.6, seed=1)
-    kept, size = sparsevd.sparsity(module)
+    kept, size = sparse_vd.sparsity(module)
     assert (kept, size) == (int((~drop).sum()), theta.numel())
     expected = theta.detach()[~drop].clone()
     module.eval()
     before = module(x)
-    sparsevd.prune(module)
+    sparse_vd.prune(module)
     assert torch.equal(module.parametrizations.weight.original, expected)
     assert stored_params(module) == kept + module.bias.numel()
     assert index_bits(module) == min(size, kept * math.ceil(math.log2(size)))
@@ -124,31 +123,31 @@ def test_pruning_stores_exactly_the_counted_coefficients(layer):
 
 def test_keep_caps_the_number_of_kept_coefficients():
     module, x, _ = _learned("linear", "dct", keep=0.1)  # log σ² = -10: the threshold alone keeps ~all
-    kept, total = sparsevd.sparsity(module)
+    kept, total = sparse_vd.sparsity(module)
     assert kept == math.ceil(0.1 * total)
-    sparsevd.prune(module)
+    sparse_vd.prune(module)
     assert stored_params(module) == kept + 8
 
 
 def test_kl_divergence_sums_over_layers_and_is_zero_without_variational_layers():
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    assert sparsevd.kl_divergence(model).item() == 0.0
+    assert sparse_vd.kl_divergence(model).item() == 0.0
     for m in (model[0], model[2]):
-        compress_module(m, kernel="dct", keep=1.0, selection="learned")
+        compress_module(m, kernel="dct", keep=1.0, method="sparse_vd")
     expected = sum(
-        -sparsevd.neg_kl(m.parametrizations.weight[0].log_alpha(m.parametrizations.weight.original)).sum()
+        -sparse_vd.neg_kl(m.parametrizations.weight[0].log_alpha(m.parametrizations.weight.original)).sum()
         for m in (model[0], model[2])
     )
-    assert sparsevd.kl_divergence(model).item() == pytest.approx(expected.item())
-    assert [sparsevd.kl_weight(e, 4) for e in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
-    assert sparsevd.kl_weight(1, 0) == 1.0
+    assert sparse_vd.kl_divergence(model).item() == pytest.approx(expected.item())
+    assert [sparse_vd.kl_weight(e, 4) for e in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert sparse_vd.kl_weight(1, 0) == 1.0
 
 
 def test_log_sigma2_gets_no_weight_decay():
-    from cnncomp.engine import build_optimizer
+    from cnncomp.training.engine import build_optimizer
 
     model = nn.Sequential(nn.Linear(6, 5))
-    compress_module(model[0], kernel="dct", keep=1.0, selection="learned")
+    compress_module(model[0], kernel="dct", keep=1.0, method="sparse_vd")
     opt = build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.1)
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model[0].parametrizations.weight[0].log_sigma2) not in decayed
@@ -178,13 +177,13 @@ def test_a_learned_run_records_the_pruned_model(tmp_path, make_cfg, quick):
 def test_freeze_fixes_the_kept_set_and_trains_deterministically(layer):
     module, x, _ = _learned(layer, "dct")
     param, theta, drop = _drop_some(module, 0.5, seed=2)
-    sparsevd.freeze(module)
+    sparse_vd.freeze(module)
     assert torch.equal(param.fixed, ~drop) and not param.log_sigma2.requires_grad
     with torch.no_grad():
         param.log_sigma2.fill_(10.0)  # would now drop everything: the fixed set must not move
         theta.mul_(1.5)
     assert torch.equal(param.kept(theta), ~drop)
-    assert sparsevd.kl_divergence(module).item() == 0.0  # frozen layers leave the objective
+    assert sparse_vd.kl_divergence(module).item() == 0.0  # frozen layers leave the objective
     module.train()
     a, b = module(x), module(x)
     assert torch.equal(a, b)  # no posterior noise
@@ -212,8 +211,9 @@ def test_a_learned_run_fine_tunes_its_fixed_kept_set(tmp_path, devices, make_cfg
 
 
 def test_finetune_epochs_must_leave_a_sparse_vd_epoch(make_cfg, quick):
-    from cnncomp.train import ConfigError, check_config
+    from cnncomp.config import check_config
+    from cnncomp.errors import ConfigError
 
     config = OmegaConf.to_container(make_cfg(quick + ["method=sparse_vd", "method.finetune_epochs=1"]))
-    with pytest.raises(ConfigError, match="method.finetune_epochs=1 leaves no sparse VD epoch.*max_epochs=1"):
+    with pytest.raises(ConfigError, match="finetune_epochs=1 leaves no sparse VD epoch.*max_epochs=1"):
         check_config(config)

@@ -7,15 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp.compress import (
-    SELECTIONS,
-    block_sizes,
-    compress_module,
-    fold,
-    index_bits,
-    layer_summary,
-    stored_params,
-)
+from cnncomp.compression import compress_module, fold, index_bits, layer_summary, stored_params
+from cnncomp.compression.transform import SELECTIONS, block_sizes
 from cnncomp.transforms import KINDS, basis
 
 LAYERS = {
@@ -25,8 +18,6 @@ LAYERS = {
 }
 KEEPS = [0.5, 0.25, 0.1]
 
-# learned selection stores all coefficients until it is pruned: tests/test_sparsevd.py
-FIXED = [s for s in SELECTIONS if s != "learned"]
 
 
 def make(layer: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
@@ -42,7 +33,7 @@ def best_achievable(sizes: list[int], keep: float) -> float:
 
 
 @pytest.mark.parametrize("keep", KEEPS)
-@pytest.mark.parametrize("selection", FIXED)
+@pytest.mark.parametrize("selection", SELECTIONS)
 @pytest.mark.parametrize("kernel", KINDS)
 @pytest.mark.parametrize("layer", LAYERS)
 def test_compressed_layer(layer, kernel, selection, keep):
@@ -88,7 +79,7 @@ def test_keep_one_project_reproduces_dense_weight(layer, kernel):
     assert (module.weight - dense).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("selection", FIXED)
+@pytest.mark.parametrize("selection", SELECTIONS)
 def test_project_is_the_orthogonal_projection(selection):
     module, _ = make("linear400x120")
     w = module.weight.detach().clone()
@@ -112,7 +103,7 @@ def test_magnitude_keeps_the_largest_projected_coefficients():
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-@pytest.mark.parametrize("selection", FIXED)
+@pytest.mark.parametrize("selection", SELECTIONS)
 def test_variance_init_keeps_the_dense_weight_variance(layer, selection):
     module, _ = make(layer)
     dense_std = module.weight.detach().std()
@@ -192,7 +183,8 @@ def test_fold_of_a_model_leaves_the_original_untouched():
         ({"kernel": "wavelet", "keep": 0.5, "wavelet": "nope"}, ["'nope'", "haar"]),
         ({"kernel": "dct", "keep": 0.5, "axes": ["kh"]}, ["'kh'", "out", "in"]),
         ({"kernel": "dct", "keep": 0.5, "init": "zeros"}, ["'zeros'", "variance", "project"]),
-        ({"kernel": "dct", "keep": 0.5, "colour": 1}, ["'colour'", "wavelet", "seed"]),
+        ({"kernel": "dct", "keep": 0.5, "colour": 1}, ["'colour'", "transform", "selection", "seed"]),
+            ({"kernel": "dct", "keep": 0.5, "method": "vae"}, ["'vae'", "sparse_vd", "lowrank"]),
     ],
 )
 def test_bad_input_raises_value_error_naming_value_and_allowed(kwargs, words):

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from cnncomp.train import CONF_DIR, train
+from cnncomp.config import CONF_DIR
+from cnncomp.train import train
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 LABELS = {
@@ -14,8 +15,8 @@ LABELS = {
     "zonal": ("dct", "triangle"),
     "dct_magnitude": ("dct", "magnitude"),
     "pruning": ("identity", "magnitude"),
-    "sparse_vd": ("identity", "learned"),
-    "sparse_vd_dct": ("dct", "learned"),
+    "sparse_vd": ("identity", "sparse_vd"),
+    "sparse_vd_dct": ("dct", "sparse_vd"),
     "lowrank": ("identity", "lowrank"),
     "frequency": ("dct", "frequency"),
 }

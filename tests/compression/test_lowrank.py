@@ -2,8 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnncomp import lowrank
-from cnncomp.compress import compress_module, fold, index_bits, layer_summary, stored_params
+from cnncomp.compression import compress_module, fold, index_bits, layer_summary, lowrank, stored_params
 
 
 def _lowrank(module: nn.Module, keep: float, init: str = "project") -> lowrank.LowRankWeight:

@@ -10,8 +10,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cnncomp import distributed
-from cnncomp.train import CONF_DIR, ConfigError, check_config, train
+from cnncomp.config import CONF_DIR, check_config
+from cnncomp.errors import ConfigError
+from cnncomp.train import train
+from cnncomp.training import distributed
 
 # 90 training images (100 less the 10 % validation split), global batch 18: five steps an epoch,
 # 9 images per rank; two epochs. lr 0.02: at the default 0.05, dense LeNet's peak-LR steps amplify

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from cnncomp import atomic, distributed, engine, sparsevd
 from cnncomp.compress import check_options, fold, index_bits, layer_summary, stored_params
-from cnncomp.data import DataNotFoundError, build_data, list_datasets
+from cnncomp.data import DataNotFoundError, DataSpec, build_data, list_datasets
 from cnncomp.loggers import LOGGERS, build_loggers
 from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.models import build_model, list_models
@@ -396,18 +396,8 @@ def _run(
     learned = _selection_label(k) == "learned"
     precision = str(t["precision"])
     torch.manual_seed(t["seed"])
-    dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
-    data = build_data(
-        config["dataset"]["name"],
-        **dataset_opts,
-        batch_size=t["batch_size"],
-        val_fraction=t["val_fraction"],
-        seed=t["seed"],
-        device=device,
-        num_workers=t["num_workers"],
-        rank=distributed.rank(),
-        world_size=distributed.world_size(),
-    )
+    spec = DataSpec.from_config(config["dataset"], t, rank=distributed.rank(), world_size=distributed.world_size())
+    data = build_data(spec, device=device)
     info = data.info
     model, summary, model_args, result["dense_params"] = build_run_model(
         config, num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
+import re
 import struct
 import tarfile
 import urllib.error
@@ -29,6 +31,8 @@ from cnncomp.data import (
     list_datasets,
     readers,
 )
+from cnncomp.train import train
+from tests.conftest import make_cfg
 
 
 def _md5(path: Path) -> str:
@@ -242,8 +246,10 @@ def test_imagefolder_resizes(tmp_path: Path) -> None:
 
 
 def test_imagefolder_missing_path(tmp_path: Path) -> None:
-    with pytest.raises(DataNotFoundError, match="nowhere"):
-        build_data(DataSpec("imagefolder", DatasetOptions(path=str(tmp_path / "nowhere"), root=tmp_path)))
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(DataNotFoundError, match=re.escape(f"{nowhere} does not exist")):
+        build_data(DataSpec("imagefolder", DatasetOptions(path=str(nowhere), root=tmp_path / "cache")))
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- TensorLoader
@@ -350,6 +356,24 @@ def test_unknown_dataset_and_bad_arguments() -> None:
             build_data(DataSpec("synthetic", val_fraction=fraction))
 
 
+def test_data_spec_from_the_config_sections(tmp_path: Path) -> None:
+    cfg = make_cfg(["dataset=synthetic", "trainer.batch_size=16", "trainer.seed=4", "trainer.val_fraction=0.2"])
+    dataset, trainer = dict(cfg.dataset), dict(cfg.trainer)
+    spec = DataSpec.from_config(dataset, trainer, rank=1, world_size=2)
+    options = DatasetOptions(num_classes=10, in_channels=1, image_size=28, num_train=2000, num_test=500, augment=False)
+    assert spec == DataSpec("synthetic", options, batch_size=16, val_fraction=0.2, seed=4, rank=1, world_size=2)
+    assert DataSpec("synthetic", {"num_train": 40}) == DataSpec("synthetic", DatasetOptions(num_train=40))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="unknown option.*'synthetic'"):
+        DataSpec.from_config(dataset | {"colour": True}, trainer)
+    with pytest.raises(ValueError, match="divisible by world_size=3"):
+        DataSpec.from_config(dataset, trainer, rank=0, world_size=3)
+    # the root: given (with ~ expanded), or the default
+    assert DataSpec("mnist", {"root": "~/d"}).root == Path.home() / "d"
+    assert DataSpec("mnist").root == data.default_root()
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion_mnist"])
 def test_missing_data_offline(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
@@ -360,14 +384,58 @@ def test_missing_data_offline(name: str, tmp_path: Path, monkeypatch: pytest.Mon
         assert "apt-get install dataset-fashion-mnist" in str(error.value)
 
 
-def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("network is unreachable (test)")
+def _offline(*args: object, **kwargs: object) -> None:
+    raise urllib.error.URLError("network is unreachable (test)")
 
-    monkeypatch.setattr("urllib.request.urlopen", offline)  # torchvision's real download path fails
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file and directory under root (relative path -> contents, b"/" for a directory)."""
+    return {str(p.relative_to(root)): b"/" if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("urllib.request.urlopen", _offline)  # torchvision's real download path fails
     with pytest.raises(DataNotFoundError, match="network is unreachable") as error:
         build_data(DataSpec("cifar10", DatasetOptions(root=tmp_path, download=True)))
     assert "'cifar10'" in str(error.value) and error.value.__suppress_context__
+
+
+@pytest.mark.parametrize("download", [False, True])
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
+def test_an_absent_root_is_left_absent_when_no_data_is_found(
+    name: str, download: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a download that starts creates the root, and removes what it created when it fails
+    monkeypatch.setattr("urllib.request.urlopen", _offline)
+    absent = tmp_path / "absent" / "cnncomp-data"
+    with pytest.raises(DataNotFoundError, match=name) as error:
+        build_data(DataSpec(name, DatasetOptions(root=absent, download=download)))
+    assert str(absent) in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_with_an_absent_root_changes_nothing_outside_its_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kept").write_text("untouched")
+    before = _tree(tmp_path)
+    absent = tmp_path / "absent" / "cnncomp-data"
+    for download in ("false", "true"):
+        monkeypatch.setattr("urllib.request.urlopen", _offline)
+        run = tmp_path / f"run-{download}"
+        cfg = make_cfg(["dataset=cifar10", f"dataset.root={absent}", f"dataset.download={download}", "kernel=none"])
+        r = train(cfg, run_dir=run)
+        assert r["status"] == "failed" and "'cifar10'" in r["error"] and str(absent) in r["error"], r
+        assert not (tmp_path / "absent").exists()
+        assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith("run-")} == before  # run dirs
+
+    # the report that the path does not exist names it (an absent root left behind used to be
+    # listed instead, with "needs train/ and test/ (or val/) folders")
+    cfg = make_cfg(["dataset=imagefolder", f"dataset.path={tmp_path / 'absent'}", f"dataset.root={absent}"])
+    r = train(cfg, run_dir=tmp_path / "run-folder")
+    assert r["status"] == "failed" and f"{tmp_path / 'absent'} does not exist" in r["error"], r
+    assert not (tmp_path / "absent").exists()
 
 
 def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -305,7 +305,7 @@ def bench_target(args: argparse.Namespace, tmp: Path, timer: Timer) -> list[Row]
 
     root = Path(args.data_root).expanduser() if args.data_root else data.default_root()
     try:  # cnncomp prepares (decompresses) the files into root, where torchvision reads them too
-        data.build_data("fashion_mnist", root=root, download=False, val_fraction=0)
+        data.build_data(data.DataSpec("fashion_mnist", data.DatasetOptions(root=root, download=False), val_fraction=0))
     except data.DataNotFoundError as err:
         print(f"target: skipped, {err}", file=sys.stderr)
         return []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
+import re
 import struct
 import tarfile
 import urllib.error
@@ -19,7 +21,18 @@ from torchvision import datasets
 from torchvision.transforms import functional as TF
 
 from cnncomp import data
-from cnncomp.data import DataNotFoundError, TensorLoader, build_data, list_datasets
+from cnncomp.data import (
+    DataNotFoundError,
+    DatasetOptions,
+    DataSpec,
+    TensorLoader,
+    build_data,
+    decode,
+    list_datasets,
+    readers,
+)
+from cnncomp.train import train
+from tests.conftest import make_cfg
 
 
 def _md5(path: Path) -> str:
@@ -38,7 +51,9 @@ def test_fashion_mnist_real(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{data.DEBIAN_FASHION_MNIST} missing: apt-get install dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    splits = build_data("fashion_mnist", root=tmp_path, batch_size=2000, val_fraction=0.1, download=False)
+    splits = build_data(
+        DataSpec("fashion_mnist", DatasetOptions(root=tmp_path, download=False), batch_size=2000, val_fraction=0.1)
+    )
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert (splits.train.num_samples, splits.val.num_samples, splits.test.num_samples) == (54000, 6000, 10000)
     assert splits.info == data.DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,))
@@ -81,7 +96,7 @@ def test_mnist_reader_on_idx_files(tmp_path: Path) -> None:
         _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
         written[split] = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
 
-    splits = build_data("mnist", root=tmp_path, val_fraction=0, download=False)
+    splits = build_data(DataSpec("mnist", DatasetOptions(root=tmp_path, download=False), val_fraction=0))
     assert torch.equal(splits.train.images, written["train"][0])
     assert torch.equal(splits.train.labels, written["train"][1])
     assert torch.equal(splits.test.images, written["t10k"][0])
@@ -89,15 +104,15 @@ def test_mnist_reader_on_idx_files(tmp_path: Path) -> None:
     assert splits.info.mean == (0.1307,) and splits.val.num_samples == 0 and len(splits.val) == 0
 
     # a seeded split into disjoint train and val that together give back every training image
-    halves = build_data("mnist", root=tmp_path, val_fraction=0.5, seed=3, download=False)
+    halves = build_data(DataSpec("mnist", DatasetOptions(root=tmp_path, download=False), val_fraction=0.5, seed=3))
     both = torch.cat([halves.train.images, halves.val.images]).flatten(1)
     assert halves.train.num_samples == halves.val.num_samples == 6
     assert sorted(map(bytes, both.numpy())) == sorted(map(bytes, written["train"][0].flatten(1).numpy()))
-    again = build_data("mnist", root=tmp_path, val_fraction=0.5, seed=3, download=False)
+    again = build_data(DataSpec("mnist", DatasetOptions(root=tmp_path, download=False), val_fraction=0.5, seed=3))
     assert torch.equal(again.val.images, halves.val.images)
 
     with pytest.raises(ValueError, match="image_size=32"):
-        build_data("mnist", root=tmp_path, image_size=32, download=False)
+        build_data(DataSpec("mnist", DatasetOptions(root=tmp_path, image_size=32, download=False)))
 
 
 def _write_cifar(root: Path, cifar100: bool, monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -136,7 +151,7 @@ def _write_cifar(root: Path, cifar100: bool, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_reader_on_pickles(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = _write_cifar(tmp_path, name == "cifar100", monkeypatch)
-    splits = build_data(name, root=tmp_path, val_fraction=0, batch_size=4, download=False)
+    splits = build_data(DataSpec(name, DatasetOptions(root=tmp_path, download=False), val_fraction=0, batch_size=4))
     for loader, split in ((splits.train, "train"), (splits.test, "test")):
         images, labels = written[split]
         assert torch.equal(loader.images, torch.from_numpy(images))  # NCHW as written
@@ -146,7 +161,7 @@ def test_cifar_reader_on_pickles(name: str, tmp_path: Path, monkeypatch: pytest.
     # crop (padding 4) + flip for training only; evaluation batches are twice as large
     assert (splits.train.crop_padding, splits.train.flip) == (4, True)
     assert (splits.test.crop_padding, splits.test.flip, splits.test.batch_size) == (0, False, 8)
-    plain = build_data(name, root=tmp_path, augment=False, download=False)
+    plain = build_data(DataSpec(name, DatasetOptions(root=tmp_path, augment=False, download=False)))
     assert (plain.train.crop_padding, plain.train.flip) == (0, False)
 
 
@@ -184,8 +199,10 @@ def _check_folder(splits: data.DataSplits, expected: dict[str, list]) -> None:
 
 def test_imagefolder_tree_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = _write_tree(tmp_path / "tree", COUNTS)
-    monkeypatch.setattr(data, "_DECODE_CHUNK", 4)  # several chunks: goes through the process pool
-    splits = build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path / "cache", val_fraction=0)
+    monkeypatch.setattr(decode, "_DECODE_CHUNK", 4)  # several chunks: goes through the process pool
+    splits = build_data(
+        DataSpec("imagefolder", DatasetOptions(path=str(tmp_path / "tree"), root=tmp_path / "cache"), val_fraction=0)
+    )
     _check_folder(splits, expected)
     assert (splits.train.crop_padding, splits.train.flip) == (1, True)  # padding image_size // 8
     (cache,) = (tmp_path / "cache" / "imagefolder").glob("*.pt")
@@ -193,10 +210,14 @@ def test_imagefolder_tree_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_decode_images", no_decoding)
+    monkeypatch.setattr(decode, "_decode_images", no_decoding)
     mtime = cache.stat().st_mtime_ns
     _check_folder(
-        build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path / "cache", val_fraction=0),
+        build_data(
+            DataSpec(
+                "imagefolder", DatasetOptions(path=str(tmp_path / "tree"), root=tmp_path / "cache"), val_fraction=0
+            )
+        ),
         expected,
     )
     assert cache.stat().st_mtime_ns == mtime
@@ -207,22 +228,28 @@ def test_imagefolder_tar_with_top_folder_and_val(tmp_path: Path) -> None:
     archive = tmp_path / "tree.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "tree" / "top", arcname="top")
-    splits = build_data("imagefolder", path=str(archive), root=tmp_path / "cache", val_fraction=0)
+    splits = build_data(
+        DataSpec("imagefolder", DatasetOptions(path=str(archive), root=tmp_path / "cache"), val_fraction=0)
+    )
     _check_folder(splits, {"train": expected["train"], "test": expected["val"]})
     assert len(list((tmp_path / "cache" / "imagefolder").glob("*.pt"))) == 1
 
 
 def test_imagefolder_resizes(tmp_path: Path) -> None:
     expected = _write_tree(tmp_path / "tree", COUNTS)
-    splits = build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path, image_size=5)
+    splits = build_data(
+        DataSpec("imagefolder", DatasetOptions(path=str(tmp_path / "tree"), root=tmp_path, image_size=5))
+    )
     assert splits.info.image_size == 5 and splits.test.images.shape == (4, 3, 5, 5)
     reference = TF.center_crop(TF.resize(Image.fromarray(expected["test"][0][0]), 5), 5)
     assert torch.equal(splits.test.images[0], torch.from_numpy(np.array(reference)).permute(2, 0, 1))
 
 
 def test_imagefolder_missing_path(tmp_path: Path) -> None:
-    with pytest.raises(DataNotFoundError, match="nowhere"):
-        build_data("imagefolder", path=str(tmp_path / "nowhere"), root=tmp_path)
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(DataNotFoundError, match=re.escape(f"{nowhere} does not exist")):
+        build_data(DataSpec("imagefolder", DatasetOptions(path=str(nowhere), root=tmp_path / "cache")))
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- TensorLoader
@@ -321,32 +348,94 @@ def test_loader_normalization_is_exact() -> None:
 def test_unknown_dataset_and_bad_arguments() -> None:
     assert list_datasets() == ["cifar10", "cifar100", "cub200", "fashion_mnist", "imagefolder", "mnist", "synthetic"]
     with pytest.raises(ValueError, match="'imagenet'.*cifar10, cifar100, cub200, fashion_mnist"):
-        build_data("imagenet")
+        build_data(DataSpec("imagenet"))
     with pytest.raises(ValueError, match="batch_size.*0"):
-        build_data("synthetic", batch_size=0)
+        build_data(DataSpec("synthetic", batch_size=0))
     for fraction in (1.0, -0.1):
         with pytest.raises(ValueError, match=f"val_fraction.*{fraction}"):
-            build_data("synthetic", val_fraction=fraction)
+            build_data(DataSpec("synthetic", val_fraction=fraction))
+
+
+def test_data_spec_from_the_config_sections(tmp_path: Path) -> None:
+    cfg = make_cfg(["dataset=synthetic", "trainer.batch_size=16", "trainer.seed=4", "trainer.val_fraction=0.2"])
+    dataset, trainer = dict(cfg.dataset), dict(cfg.trainer)
+    spec = DataSpec.from_config(dataset, trainer, rank=1, world_size=2)
+    options = DatasetOptions(num_classes=10, in_channels=1, image_size=28, num_train=2000, num_test=500, augment=False)
+    assert spec == DataSpec("synthetic", options, batch_size=16, val_fraction=0.2, seed=4, rank=1, world_size=2)
+    assert DataSpec("synthetic", {"num_train": 40}) == DataSpec("synthetic", DatasetOptions(num_train=40))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="unknown option.*'synthetic'"):
+        DataSpec.from_config(dataset | {"colour": True}, trainer)
+    with pytest.raises(ValueError, match="divisible by world_size=3"):
+        DataSpec.from_config(dataset, trainer, rank=0, world_size=3)
+    # the root: given (with ~ expanded), or the default
+    assert DataSpec("mnist", {"root": "~/d"}).root == Path.home() / "d"
+    assert DataSpec("mnist").root == data.default_root()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion_mnist"])
 def test_missing_data_offline(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     with pytest.raises(DataNotFoundError) as error:
-        build_data(name, root=tmp_path, download=False)
+        build_data(DataSpec(name, DatasetOptions(root=tmp_path, download=False)))
     assert repr(name) in str(error.value) and str(tmp_path) in str(error.value)
     if name == "fashion_mnist":
         assert "apt-get install dataset-fashion-mnist" in str(error.value)
 
 
-def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("network is unreachable (test)")
+def _offline(*args: object, **kwargs: object) -> None:
+    raise urllib.error.URLError("network is unreachable (test)")
 
-    monkeypatch.setattr("urllib.request.urlopen", offline)  # torchvision's real download path fails
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file and directory under root (relative path -> contents, b"/" for a directory)."""
+    return {str(p.relative_to(root)): b"/" if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("urllib.request.urlopen", _offline)  # torchvision's real download path fails
     with pytest.raises(DataNotFoundError, match="network is unreachable") as error:
-        build_data("cifar10", root=tmp_path, download=True)
+        build_data(DataSpec("cifar10", DatasetOptions(root=tmp_path, download=True)))
     assert "'cifar10'" in str(error.value) and error.value.__suppress_context__
+
+
+@pytest.mark.parametrize("download", [False, True])
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
+def test_an_absent_root_is_left_absent_when_no_data_is_found(
+    name: str, download: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a download that starts creates the root, and removes what it created when it fails
+    monkeypatch.setattr("urllib.request.urlopen", _offline)
+    absent = tmp_path / "absent" / "cnncomp-data"
+    with pytest.raises(DataNotFoundError, match=name) as error:
+        build_data(DataSpec(name, DatasetOptions(root=absent, download=download)))
+    assert str(absent) in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_with_an_absent_root_changes_nothing_outside_its_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kept").write_text("untouched")
+    before = _tree(tmp_path)
+    absent = tmp_path / "absent" / "cnncomp-data"
+    for download in ("false", "true"):
+        monkeypatch.setattr("urllib.request.urlopen", _offline)
+        run = tmp_path / f"run-{download}"
+        cfg = make_cfg(["dataset=cifar10", f"dataset.root={absent}", f"dataset.download={download}", "kernel=none"])
+        r = train(cfg, run_dir=run)
+        assert r["status"] == "failed" and "'cifar10'" in r["error"] and str(absent) in r["error"], r
+        assert not (tmp_path / "absent").exists()
+        assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith("run-")} == before  # run dirs
+
+    # the report that the path does not exist names it (an absent root left behind used to be
+    # listed instead, with "needs train/ and test/ (or val/) folders")
+    cfg = make_cfg(["dataset=imagefolder", f"dataset.path={tmp_path / 'absent'}", f"dataset.root={absent}"])
+    r = train(cfg, run_dir=tmp_path / "run-folder")
+    assert r["status"] == "failed" and f"{tmp_path / 'absent'} does not exist" in r["error"], r
+    assert not (tmp_path / "absent").exists()
 
 
 def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -360,9 +449,9 @@ def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_synthetic_is_deterministic_and_learnable() -> None:
-    splits = build_data("synthetic", seed=5, val_fraction=0)
-    again = build_data("synthetic", seed=5, val_fraction=0)
-    other = build_data("synthetic", seed=6, val_fraction=0)
+    splits = build_data(DataSpec("synthetic", seed=5, val_fraction=0))
+    again = build_data(DataSpec("synthetic", seed=5, val_fraction=0))
+    other = build_data(DataSpec("synthetic", seed=6, val_fraction=0))
     assert torch.equal(splits.train.images, again.train.images) and torch.equal(splits.test.images, again.test.images)
     assert not torch.equal(splits.train.images, other.train.images)
     assert splits.info.num_classes == 10 and splits.train.images.shape == (2000, 1, 28, 28)
@@ -374,7 +463,9 @@ def test_synthetic_is_deterministic_and_learnable() -> None:
     accuracy = (torch.cdist(test_x, class_means).argmin(1) == test_y).float().mean()
     assert accuracy > 0.8
 
-    shaped = build_data("synthetic", num_classes=4, in_channels=3, image_size=12, num_train=40, num_test=8)
+    shaped = build_data(
+        DataSpec("synthetic", DatasetOptions(num_classes=4, in_channels=3, image_size=12, num_train=40, num_test=8))
+    )
     assert shaped.info == data.DatasetInfo("synthetic", 4, 3, 12, shaped.info.mean, shaped.info.std)
     assert shaped.train.num_samples + shaped.val.num_samples == 40 and shaped.test.images.shape == (
         8,
@@ -386,7 +477,9 @@ def test_synthetic_is_deterministic_and_learnable() -> None:
 
 def test_held_out_batches_are_a_fixed_random_sample_of_a_class_sorted_folder(tmp_path: Path) -> None:
     _write_tree(tmp_path / "tree", {"train": {"a": 4, "b": 4}, "test": {"a": 20, "b": 20}}, size=4)
-    splits = data.build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path / "cache", batch_size=5)
+    splits = data.build_data(
+        DataSpec("imagefolder", DatasetOptions(path=str(tmp_path / "tree"), root=tmp_path / "cache"), batch_size=5)
+    )
     assert splits.test.labels.tolist() == [0] * 20 + [1] * 20  # stored in folder order
     first = [next(iter(splits.test))[1].tolist() for _ in range(2)]
     assert first[0] == first[1] and 0 < sum(first[0]) < len(first[0])  # one fixed order, both classes
@@ -396,13 +489,17 @@ def test_held_out_batches_are_a_fixed_random_sample_of_a_class_sorted_folder(tmp
 def test_describe_data_matches_what_build_data_gives(tmp_path: Path) -> None:
     _write_tree(tmp_path / "tree", COUNTS)
     shape = data.describe_data("imagefolder", path=str(tmp_path / "tree"))
-    built = data.build_data("imagefolder", path=str(tmp_path / "tree"), root=tmp_path / "cache", val_fraction=0)
+    built = data.build_data(
+        DataSpec("imagefolder", DatasetOptions(path=str(tmp_path / "tree"), root=tmp_path / "cache"), val_fraction=0)
+    )
     assert (
         shape
         == data.DataShape(3, 8, 3, built.train.num_samples, built.test.num_samples)
         == data.DataShape(3, 8, 3, 9, 4)
     )
-    syn = data.build_data("synthetic", in_channels=3, image_size=12, num_train=50, num_test=20, val_fraction=0)
+    syn = data.build_data(
+        DataSpec("synthetic", DatasetOptions(in_channels=3, image_size=12, num_train=50, num_test=20), val_fraction=0)
+    )
     assert data.describe_data("synthetic", in_channels=3, image_size=12, num_train=50, num_test=20) == data.DataShape(
         syn.info.in_channels,
         syn.info.image_size,

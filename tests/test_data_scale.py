@@ -4,6 +4,7 @@ and the models at 224 px."""
 from __future__ import annotations
 
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,17 @@ from PIL import Image
 from torchvision import transforms as T
 
 from cnncomp import data
-from cnncomp.data import IMAGENET_MEAN, IMAGENET_STD, DataNotFoundError, StreamLoader, build_data
+from cnncomp.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataNotFoundError,
+    DatasetOptions,
+    DataSpec,
+    StreamLoader,
+    build_data,
+    folders,
+)
+from cnncomp.data.sampling import split_indices
 from cnncomp.models import build_model
 from cnncomp.plan import data_shape
 from cnncomp.train import train
@@ -21,9 +32,11 @@ from cnncomp.train import train
 # ---------------------------------------------------------------- sharding (in-memory loaders)
 
 
-def _rank_splits(world_size: int, **kwargs: object) -> list[data.DataSplits]:
-    options = dict(num_train=101, num_test=37, in_channels=3, image_size=8, batch_size=12, augment=True, seed=3)
-    return [build_data("synthetic", **(options | kwargs), rank=r, world_size=world_size) for r in range(world_size)]
+def _rank_splits(world_size: int) -> list[data.DataSplits]:
+    dataset = dict(name="synthetic", num_train=101, num_test=37, in_channels=3, image_size=8, augment=True)
+    trainer = dict(batch_size=12, seed=3)
+    specs = [DataSpec.from_config(dataset, trainer, rank=r, world_size=world_size) for r in range(world_size)]
+    return [build_data(spec) for spec in specs]
 
 
 def _epoch(loader, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -93,11 +106,11 @@ def test_empty_rank_slices_are_skipped() -> None:
 
 def test_sharding_errors() -> None:
     with pytest.raises(ValueError, match="batch_size=10.*world_size=3"):
-        build_data("synthetic", batch_size=10, rank=0, world_size=3)
+        build_data(DataSpec("synthetic", batch_size=10, rank=0, world_size=3))
     with pytest.raises(ValueError, match="rank=2, world_size=2"):
-        build_data("synthetic", batch_size=10, rank=2, world_size=2)
+        build_data(DataSpec("synthetic", batch_size=10, rank=2, world_size=2))
     with pytest.raises(ValueError, match="90 images.*batch_size=128.*world_size=2"):
-        build_data("synthetic", num_train=100, batch_size=128, rank=1, world_size=2)
+        build_data(DataSpec("synthetic", DatasetOptions(num_train=100), batch_size=128, rank=1, world_size=2))
 
 
 # ---------------------------------------------------------------- image trees written for the tests
@@ -147,11 +160,15 @@ def _epoch_xy(loader, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_imagefolder_streams_train_and_val(tmp_path: Path) -> None:
     listed = _image_tree(tmp_path / "imagenet", IMAGENET_COUNTS)
-    splits = build_data("imagefolder", path=str(tmp_path / "imagenet"), stream=True, batch_size=4, val_fraction=0.25)
+    splits = build_data(
+        DataSpec(
+            "imagefolder", DatasetOptions(path=str(tmp_path / "imagenet"), stream=True), batch_size=4, val_fraction=0.25
+        )
+    )
     assert splits.info == data.DatasetInfo("imagefolder", 3, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
     assert all(isinstance(loader, StreamLoader) for loader in (splits.train, splits.val, splits.test))
     # validation: the same seeded carve-out as in memory (round(12 · 0.25) = 3 images)
-    train_idx, val_idx = data._split(12, 0.25, 0)
+    train_idx, val_idx = split_indices(12, 0.25, 0)
     assert splits.train.loader.dataset.samples == [listed["train"][i] for i in train_idx.tolist()]
     assert splits.val.loader.dataset.samples == [listed["train"][i] for i in val_idx.tolist()]
     assert (splits.train.num_samples, splits.val.num_samples, splits.test.num_samples) == (9, 3, 5)
@@ -177,7 +194,9 @@ def test_streamed_normalization_of_a_solid_colour(tmp_path: Path) -> None:
         path = tmp_path / "solid" / split / "a" / "0.png"
         path.parent.mkdir(parents=True)
         Image.new("RGB", (300, 200), (255, 0, 51)).save(path)
-    splits = build_data("imagefolder", path=str(tmp_path / "solid"), val_fraction=0)  # 200 px: streamed (auto)
+    splits = build_data(
+        DataSpec("imagefolder", DatasetOptions(path=str(tmp_path / "solid")), val_fraction=0)
+    )  # 200 px: streamed (auto)
     assert isinstance(splits.test, StreamLoader) and splits.info.image_size == 224
     expected = (torch.tensor([1.0, 0.0, 0.2]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     for loader in (splits.train, splits.test):  # a crop of a solid image is the same colour
@@ -187,16 +206,17 @@ def test_streamed_normalization_of_a_solid_colour(tmp_path: Path) -> None:
 
 def test_streamed_augmentation_is_a_function_of_seed_and_epoch(tmp_path: Path) -> None:
     _image_tree(tmp_path / "tree", IMAGENET_COUNTS)
-    options = dict(path=str(tmp_path / "tree"), stream=True, image_size=32, batch_size=6, val_fraction=0)
-    single = build_data("imagefolder", **options).train
+    options = DatasetOptions(path=str(tmp_path / "tree"), stream=True, image_size=32)
+    spec = DataSpec("imagefolder", options, batch_size=6, val_fraction=0)
+    single = build_data(spec).train
     x0, y0 = _epoch_xy(single, 1)
     assert torch.equal(_epoch_xy(single, 1)[0], x0)  # same epoch: same crops and flips
     assert not torch.equal(_epoch_xy(single, 2)[0], x0)
     # DataLoader workers draw the same augmentation as the main process
-    workers = build_data("imagefolder", **options, num_workers=2).train
+    workers = build_data(replace(spec, num_workers=2)).train
     assert torch.equal(_epoch_xy(workers, 1)[0], x0)
     # two ranks: each step's slices, in rank order, are the single-process batch (global batch 6)
-    ranks = [build_data("imagefolder", **options, rank=r, world_size=2).train for r in range(2)]
+    ranks = [build_data(replace(spec, rank=r, world_size=2)).train for r in range(2)]
     reference = _epoch(single, 1)
     shards = [_epoch(r, 1) for r in ranks]
     assert [len(s) for s in shards] == [2, 2]  # 12 images: two full global batches, none dropped
@@ -209,25 +229,35 @@ def test_streamed_augmentation_is_a_function_of_seed_and_epoch(tmp_path: Path) -
 def test_stream_rule_and_describe_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _image_tree(tmp_path / "tree", IMAGENET_COUNTS)  # first image 40 x 30: shorter side 30 < 128
     path = str(tmp_path / "tree")
-    small = build_data("imagefolder", path=path, root=tmp_path / "cache", val_fraction=0)
+    small = build_data(DataSpec("imagefolder", DatasetOptions(path=path, root=tmp_path / "cache"), val_fraction=0))
     assert isinstance(small.train, data.TensorLoader) and small.info.image_size == 30
     assert data.describe_data("imagefolder", path=path) == data.DataShape(3, 30, 3, 12, 5)
-    assert isinstance(build_data("imagefolder", path=path, image_size=128, val_fraction=0).train, StreamLoader)
+    assert isinstance(
+        build_data(DataSpec("imagefolder", DatasetOptions(path=path, image_size=128), val_fraction=0)).train,
+        StreamLoader,
+    )
     assert data.describe_data("imagefolder", path=path, image_size=128) == data.DataShape(3, 128, 3, 12, 5)
     assert data.describe_data("imagefolder", path=path, stream=True) == data.DataShape(3, 224, 3, 12, 5)
-    forced = build_data("imagefolder", path=path, root=tmp_path / "cache", image_size=128, stream=False)
+    forced = build_data(
+        DataSpec("imagefolder", DatasetOptions(path=path, root=tmp_path / "cache", image_size=128, stream=False))
+    )
     assert isinstance(forced.train, data.TensorLoader) and forced.test.images.shape == (5, 3, 128, 128)
-    monkeypatch.setattr(data, "STREAM_MIN_IMAGES", 12)  # as many training images as the threshold
-    assert isinstance(build_data("imagefolder", path=path, val_fraction=0).train, StreamLoader)
+    monkeypatch.setattr(folders, "STREAM_MIN_IMAGES", 12)  # as many training images as the threshold
+    assert isinstance(
+        build_data(DataSpec("imagefolder", DatasetOptions(path=path), val_fraction=0)).train, StreamLoader
+    )
 
     archive = tmp_path / "tree.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(tmp_path / "tree", arcname="tree")
-    assert isinstance(build_data("imagefolder", path=str(archive), root=tmp_path / "cache").train, data.TensorLoader)
+    assert isinstance(
+        build_data(DataSpec("imagefolder", DatasetOptions(path=str(archive), root=tmp_path / "cache"))).train,
+        data.TensorLoader,
+    )
     with pytest.raises(ValueError, match="archive: extract it"):
-        build_data("imagefolder", path=str(archive), stream=True)
+        build_data(DataSpec("imagefolder", DatasetOptions(path=str(archive), stream=True)))
     with pytest.raises(ValueError, match="stream=True is for cub200, imagefolder, not 'synthetic'"):
-        build_data("synthetic", stream=True)
+        build_data(DataSpec("synthetic", DatasetOptions(stream=True)))
 
 
 # ---------------------------------------------------------------- CUB-200-2011
@@ -258,7 +288,9 @@ def _cub_tree(parent: Path) -> Path:
 
 def test_cub200_official_split_and_labels(tmp_path: Path, make_cfg) -> None:
     root = _cub_tree(tmp_path)
-    splits = build_data("cub200", path=str(tmp_path), image_size=224, batch_size=4, val_fraction=0)
+    splits = build_data(
+        DataSpec("cub200", DatasetOptions(path=str(tmp_path), image_size=224), batch_size=4, val_fraction=0)
+    )
     assert splits.info == data.DatasetInfo("cub200", 3, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
     ids = range(1, 13)
     train = [i for i in ids if CUB_TRAIN[i - 1] == 1]
@@ -285,16 +317,18 @@ def test_cub200_official_split_and_labels(tmp_path: Path, make_cfg) -> None:
         3, 224, 3, 8, 4
     )
     # small sizes decode into memory, with the same split
-    small = build_data("cub200", path=str(root), root=tmp_path / "cache", image_size=16, val_fraction=0)
+    small = build_data(
+        DataSpec("cub200", DatasetOptions(path=str(root), root=tmp_path / "cache", image_size=16), val_fraction=0)
+    )
     assert isinstance(small.train, data.TensorLoader) and small.train.images.shape == (8, 3, 16, 16)
     assert small.train.labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2] and small.test.labels.tolist() == [0, 1, 1, 2]
 
 
 def test_cub200_missing_data(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="CUB_200_2011.tgz.*dataset.path"):
-        build_data("cub200", path=None)
+        build_data(DataSpec("cub200", DatasetOptions(path=None)))
     with pytest.raises(DataNotFoundError, match=f"{tmp_path / 'nowhere'}.*images.txt.*CUB_200_2011.tgz"):
-        build_data("cub200", path=str(tmp_path / "nowhere"))
+        build_data(DataSpec("cub200", DatasetOptions(path=str(tmp_path / "nowhere"))))
     (tmp_path / "CUB_200_2011.tgz").write_bytes(b"")
     with pytest.raises(DataNotFoundError, match="tar -xzf CUB_200_2011.tgz"):
         data.describe_data("cub200", path=str(tmp_path / "CUB_200_2011.tgz"))
@@ -302,7 +336,7 @@ def test_cub200_missing_data(tmp_path: Path) -> None:
     lost = next((root / "images").rglob("*_0005_*.jpg"))
     lost.unlink()
     with pytest.raises(DataNotFoundError, match=f"1 images .* missing, e.g. {lost}"):
-        build_data("cub200", path=str(root))
+        build_data(DataSpec("cub200", DatasetOptions(path=str(root))))
 
 
 # ---------------------------------------------------------------- training on a streamed tree, models at 224 px

@@ -205,12 +205,13 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_last_pt(tmp_path):
         (["kernel.keep=1.5"], ["keep", "1.5", "(0, 1]"]),
         (["trainer.batch_size=0"], ["trainer.batch_size", "0"]),
         (
-            ["dataset=cifar10", "dataset.root=/nonexistent/cnncomp-data"],
-            ["cifar10", "/nonexistent/cnncomp-data"],
+            ["dataset=cifar10", "dataset.root={tmp}/absent/cnncomp-data"],
+            ["cifar10", "{tmp}/absent/cnncomp-data"],
         ),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(args, words, tmp_path):
+    args, words = [a.format(tmp=tmp_path) for a in args], [w.format(tmp=tmp_path) for w in words]
     run = tmp_path / "run"
     out = cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path, timeout=300)
     text = out.stdout + out.stderr
@@ -222,6 +223,7 @@ def test_bad_input_exits_with_a_clear_message(args, words, tmp_path):
         r = json.loads((run / "result.json").read_text())
         assert r["status"] == "failed" and all(w in r["error"] for w in words[:2])
     assert not (run / "model.pt").exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"run"}  # nothing written outside the run dir
 
 
 def test_wandb_offline_logs_inside_the_job_dir_without_secrets(tmp_path, monkeypatch, make_cfg, quick):

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from cnncomp.compression import Method, Stage, fold, format_summary, index_bits, refresh_summary, stored_params
-from cnncomp.data import build_data
+from cnncomp.data import DataSpec, build_data
 from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.training import checkpoint, distributed, engine
 from cnncomp.training.loggers import build_loggers
@@ -62,18 +62,8 @@ class Run:
         torch.manual_seed(t["seed"])
         self.method: Method = run_method(config)
         self.stages = self.method.stages(t["max_epochs"])
-        dataset_opts = {key: v for key, v in config["dataset"].items() if key != "name"}
-        self.data = build_data(
-            config["dataset"]["name"],
-            **dataset_opts,
-            batch_size=t["batch_size"],
-            val_fraction=t["val_fraction"],
-            seed=t["seed"],
-            device=device,
-            num_workers=t["num_workers"],
-            rank=distributed.rank(),
-            world_size=distributed.world_size(),
-        )
+        spec = DataSpec.from_config(config["dataset"], t, rank=distributed.rank(), world_size=distributed.world_size())
+        self.data = build_data(spec, device=device)
         self._build_model()
         self.steps = min(len(self.data.train), t["limit_train_batches"] or len(self.data.train))
         self.optimizer = engine.build_optimizer(

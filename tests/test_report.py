@@ -198,19 +198,30 @@ def test_report_of_a_real_sweep(tmp_path):
         "trainer.batch_size=16",
         f"hydra.sweep.dir={sweep}",
     ]
-    run = subprocess.run(
-        [sys.executable, "-m", "cnncomp.train", "--multirun", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    old_umask = os.umask(0o027)  # the sweep and the report under umask 027: every file 0640
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "cnncomp.train", "--multirun", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert main([str(sweep)]) == 0
+    finally:
+        os.umask(old_umask)
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("result.json")}
     assert len(results) == 4 and all(r["status"] == "completed" for r in results.values())
+    modes = {str(p.relative_to(sweep)): p.stat().st_mode & 0o777 for p in sweep.rglob("*") if p.is_file()}
+    for name in ["sweep_summary.json", "report.md", "results.csv", "accuracy_vs_compression_lenet_synthetic.png"]:
+        assert name in modes, name
+    for job in results:
+        for name in ["result.json", "metrics.csv", "model.pt", "best.pt", "last.pt"]:
+            assert f"{job}/{name}" in modes, f"{job}/{name}"
+    assert modes == {name: 0o640 for name in modes}
 
-    assert main([str(sweep)]) == 0
     rows = list(csv.DictReader((sweep / "results.csv").open()))
     assert len(rows) == 4
     for row in rows:

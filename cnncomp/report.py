@@ -434,16 +434,30 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
     return True
 
 
+class NoRecords(FileNotFoundError):
+    """A sweep dir that does not exist or holds no run record: nothing to report."""
+
+
 def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Report:
     """Analyze the sweeps and write report.md, results.csv and the plots into `out` (default: the
-    first sweep dir); returns the analysis."""
+    first sweep dir); returns the analysis. Raises `NoRecords`, writing nothing, when a dir does not
+    exist or holds no run record."""
     dirs = [Path(d) for d in dirs]
+    problems = []
     for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d} is not a directory")
+        if not d.exists():
+            problems.append(f"{d}: no such directory")
+        elif not d.is_dir():
+            problems.append(f"{d}: not a directory")
+        elif next(d.rglob(RESULT), None) is None:
+            problems.append(f"{d}: no run record ({RESULT}) under it")
+    if problems:
+        raise NoRecords("; ".join(problems))
+    report = analyze(dirs)
+    if not report.records:
+        raise NoRecords(f"{', '.join(map(str, dirs))}: no readable run record ({RESULT})")
     out = Path(out) if out is not None else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    report = analyze(dirs)
     plots = {}
     for (model, dataset), rows in report.groups.items():
         name = f"accuracy_vs_compression_{_slug(model)}_{_slug(dataset)}.png"
@@ -462,9 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         report = write_report(args.dirs, args.out)
-    except FileNotFoundError as err:
+    except NoRecords as err:
         print(f"cnncomp-report: {err}", file=sys.stderr)
-        return 2
+        return 1
     out = Path(args.out or args.dirs[0])
     completed = sum(r.get("status") == "completed" for r in report.records)
     print(

@@ -248,8 +248,39 @@ def test_report_of_a_real_sweep(tmp_path):
     assert report.started == report.missing  # its job dir holds .hydra/overrides.yaml
 
 
-def test_cli_on_a_missing_dir(tmp_path):
-    assert main([str(tmp_path / "nope")]) == 2
+def test_cli_on_a_missing_dir_exits_1_and_creates_nothing(tmp_path):
+    missing = tmp_path / "nope"
+    run = subprocess.run(
+        [sys.executable, "-m", "cnncomp.report", str(missing)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"cnncomp-report: {missing}: no such directory"]
+    assert not missing.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_on_a_dir_without_records_exits_1_and_writes_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"cnncomp-report: {empty}: no run record (result.json) under it"
+    ]
+    assert list(empty.iterdir()) == []
+    # a sweep that has started but written no record yet: still nothing to report, nothing written
+    (empty / "0" / ".hydra").mkdir(parents=True)
+    (empty / "0" / ".hydra" / "overrides.yaml").write_text("- kernel=dct\n")
+    before = sorted(empty.rglob("*"))
+    assert main([str(empty), "--out", str(tmp_path / "out")]) == 1
+    assert sorted(empty.rglob("*")) == before and not (tmp_path / "out").exists()
+
+
+def test_cli_with_one_bad_dir_of_several_writes_nothing(crafted, tmp_path, capsys):
+    before = sorted(crafted.rglob("*"))
+    assert main([str(crafted), str(tmp_path / "nope")]) == 1
+    assert f"{tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+    assert sorted(crafted.rglob("*")) == before
+    assert main([str(crafted), "--out", str(tmp_path / "out")]) == 0  # records found: --out is made
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "results.csv").exists()
 
 
 def test_method_labels_and_the_ratio_with_index_cost():

@@ -140,6 +140,33 @@ def _signature(model: torch.nn.Module, cfg: dict, shape: DataShape) -> tuple:
     return (cfg["model"]["name"], shape, tensors, t["batch_size"], str(t["precision"]), t["optimizer"])
 
 
+# Kinds whose bases are full n x n matrices on every transformed axis: with method=transform and a
+# selection that keeps a fixed number of coefficients whatever their values (not selection=learned,
+# whose untrained model is counted pruned, nor method=frequency), they compress to the same shapes
+# and store the same counts. (A wavelet may leave an axis untransformed: never shared.)
+SAME_SHAPES = ("dct", "dst", "dft")
+
+
+def _build_keys(cfg: dict, shape: DataShape) -> tuple[tuple, tuple]:
+    """(the key a cell's built model is shared under, the key of exactly its config): everything the
+    counts, MACs and step time depend on (model, dataset shape, layers, every kernel option, the
+    trainer's batch, precision and optimizer), with the kind left out where SAME_SHAPES allows and
+    only the model, shape and trainer for kernel=none."""
+    k = cfg["kernel"]
+    rest = (
+        repr(sorted(cfg["model"].items())),
+        shape,
+        repr(sorted(cfg["layers"].items())),
+        *(str(cfg["trainer"][n]) for n in ("batch_size", "precision", "optimizer")),
+    )
+    exact = (repr(sorted(k.items())), *rest)
+    if k["name"] == "none":  # the dense model, whatever the layers and kernel options say
+        return ("none", rest[0], shape, *rest[3:]), exact
+    if k["name"] in SAME_SHAPES and k.get("method") == "transform" and k.get("selection") != "learned":
+        return (repr(sorted({**k, "name": "|".join(SAME_SHAPES)}.items())), *rest), exact
+    return exact, exact
+
+
 def plan_sweep(
     overrides: Sequence[str],
     *,
@@ -198,14 +225,10 @@ def plan_sweep(
         except (ConfigError, ValueError, data.DataNotFoundError) as err:
             cell.error = str(err)
             continue
-        key = (
-            cfg["model"]["name"],
-            shape,
-            cfg["layers"]["name"],
-            repr(sorted(cfg["kernel"].items())),
-            *(str(cfg["trainer"][k]) for k in ("batch_size", "precision", "optimizer")),
-        )
-        if key not in built:
+        shared, key = _build_keys(cfg, shape)
+        if shared in built:
+            key = shared
+        elif key not in built:
             try:
                 model, _, _, dense = build_run_model(
                     cfg, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
@@ -225,7 +248,9 @@ def plan_sweep(
                     step = timed[sig]
                 # selection=learned stores what survives training: at most its keep budget, counted pruned
                 stored = stored_params(sparsevd.prune(model))
-                built[key] = (dense, stored, macs, step, None)
+                # a success is shared; an error (below) stays under the exact key: it may name the kind
+                built[shared] = (dense, stored, macs, step, None)
+                key = shared
                 del model
             except Exception as err:
                 built[key] = (None, None, None, None, f"{type(err).__name__}: {err}")

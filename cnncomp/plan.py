@@ -142,6 +142,34 @@ def _signature(model: torch.nn.Module, cfg: dict, shape: DataShape) -> tuple:
     return (cfg["model"]["name"], shape, tensors, t["batch_size"], str(t["precision"]), t["optimizer"])
 
 
+# Kinds whose bases are full n x n matrices on every transformed axis: with method=transform and a
+# selection that keeps a fixed number of coefficients whatever their values (not selection=learned,
+# whose untrained model is counted pruned, nor method=frequency), they compress to the same shapes
+# and store the same counts. (A wavelet may leave an axis untransformed: never shared.)
+SAME_SHAPES = ("dct", "dst", "dft")
+
+
+def _build_keys(cfg: dict, shape: DataShape) -> tuple[tuple, tuple]:
+    """(the key a cell's built model is shared under, the key of exactly its config): everything the
+    counts, MACs and step time depend on (model, dataset shape, layers, every kernel option, the
+    trainer's batch, precision and optimizer), with the kind left out where SAME_SHAPES allows and
+    only the model, shape and trainer for kernel=none."""
+    k = cfg["kernel"]
+    rest = (
+        repr(sorted(cfg["method"].items())),
+        repr(sorted(cfg["model"].items())),
+        shape,
+        repr(sorted(cfg["layers"].items())),
+        *(str(cfg["trainer"][n]) for n in ("batch_size", "precision", "optimizer")),
+    )
+    exact = (repr(sorted(k.items())), *rest)
+    if k["name"] == "none":  # the dense model, whatever the layers, kernel and method options say
+        return ("none", rest[1], shape, *rest[4:]), exact
+    if k["name"] in SAME_SHAPES and cfg["method"]["name"] == "transform":
+        return (repr(sorted({**k, "name": "|".join(SAME_SHAPES)}.items())), *rest), exact
+    return exact, exact
+
+
 def plan_sweep(
     overrides: Sequence[str],
     *,
@@ -200,14 +228,10 @@ def plan_sweep(
         except (ValueError, data.DataNotFoundError) as err:  # ConfigError is a ValueError
             cell.error = str(err)
             continue
-        key = (
-            cfg["model"]["name"],
-            shape,
-            cfg["layers"]["name"],
-            repr([sorted(cfg[group].items()) for group in ("kernel", "method", "layers")]),
-            *(str(cfg["trainer"][k]) for k in ("batch_size", "precision", "optimizer")),
-        )
-        if key not in built:
+        shared, key = _build_keys(cfg, shape)
+        if shared in built:
+            key = shared
+        elif key not in built:
             try:
                 method = run_method(cfg)
                 model, _, _, dense = build_run_model(
@@ -229,7 +253,9 @@ def plan_sweep(
                 # what the method stores after training (sparse VD: at most its keep budget, pruned)
                 method.finish(model)
                 stored = stored_params(model)
-                built[key] = (dense, stored, macs, step, None)
+                # a success is shared; an error (below) stays under the exact key: it may name the kind
+                built[shared] = (dense, stored, macs, step, None)
+                key = shared
                 del model
             except Exception as err:
                 built[key] = (None, None, None, None, f"{type(err).__name__}: {err}")

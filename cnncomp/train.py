@@ -152,7 +152,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                     loop.run(config, run_dir, device, record, loggers, name=name, group=group)
         except (Interrupted, KeyboardInterrupt) as err:
             record.update(status="interrupted", error=f"interrupted by {err or 'SIGINT'}")
-            log.warning("run interrupted (%s); last.pt holds the last finished epoch", err or "SIGINT")
+            if (run_dir / "last.pt").exists():
+                log.warning("run interrupted (%s); last.pt holds the last finished epoch", err or "SIGINT")
+            else:
+                log.warning(
+                    "run interrupted (%s) before its first epoch finished: nothing can be resumed yet", err or "SIGINT"
+                )
         except SystemExit:  # a launcher (submitit) ending the job, e.g. to requeue it
             record.update(status="interrupted", error="the job was ended by its launcher")
             raise

@@ -9,6 +9,7 @@ from cnncomp.compression import compress_model, stored_params
 from cnncomp.models import build_model
 from cnncomp.plan import DataShape, data_shape, main, plan_sweep
 from cnncomp.sweep import sweep_cells
+from cnncomp.training.model import build_run_model, run_method
 
 
 def preset_params(name: str, conf_dir) -> dict[str, str]:
@@ -53,7 +54,7 @@ def test_command_line_lists_override_preset_params_and_the_estimate_scales_with_
     plan = plan_sweep(
         ["experiment=grid_smoke", "kernel=none,dct,dft", "layers=all", "trainer.max_epochs=1,4"], budget_s=0.2
     )
-    assert len(plan.cells) == 6 and plan.models_built == 3
+    assert len(plan.cells) == 6 and plan.models_built == 2  # none, and dct and dft of the same shapes
     assert plan.timings == 2  # dct and dft compress to the same shapes: one timing
     by = {(c.config["kernel"]["name"], c.config["trainer"]["max_epochs"]): c for c in plan.cells}
     assert by[("dct", 1)].step_time_s == by[("dft", 4)].step_time_s
@@ -102,3 +103,48 @@ def test_cli_prints_the_cell_count_and_table(root):
     assert "8 cells (8 valid, 0 with errors)" in out and "estimated cost:" in out
     assert "17,486" in out  # lenet dct linear keep 0.25
     assert main(["experiment=grid_smoke", "kernel=nope", "--no-time"]) == 1
+
+
+def uncached_counts(cell) -> tuple[int, int]:
+    """(dense, stored) of a cell's model built on its own, as plan_sweep counts it (sparse VD: pruned)."""
+    shape = data_shape(cell.config["dataset"])
+    method = run_method(cell.config)
+    model, _, _, dense = build_run_model(
+        cell.config, method, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
+    )
+    method.finish(model)
+    return dense, stored_params(model)
+
+
+@pytest.mark.parametrize(
+    "overrides, kernels, cells, builds",
+    [
+        # dct, dst and dft share shapes: one build per selection
+        (["kernel=dct,dst,dft", "method.selection=block,magnitude,random,triangle"], ("dct", "dst", "dft"), 12, 4),
+        (["kernel=none", "layers=linear,conv,all"], ("none",), 3, 1),  # the dense model whatever the layers
+        (["kernel=dct,dst,dft", "kernel.keep=0.25,0.5"], ("dct", "dst", "dft"), 6, 2),
+        (["kernel=dct,dst", "kernel.axes=[in]", "layers.skip_last=false,true"], ("dct", "dst"), 4, 2),
+        # not shared: a wavelet may leave axes untransformed, sparse VD cells are counted pruned (the
+        # values of the coefficients decide), frequency rows are the kind's own functions
+        (["kernel=dct,wavelet"], ("dct", "wavelet"), 2, 2),
+        (["kernel=dct,dst", "method=sparse_vd"], ("dct", "dst"), 2, 2),
+        (["kernel=dct,dft", "method=frequency"], ("dct", "dft"), 2, 2),
+    ],
+)
+def test_plan_builds_one_model_per_distinct_architecture(overrides, kernels, cells, builds, monkeypatch):
+    import cnncomp.plan
+
+    calls = []
+
+    def counting_build(cfg, method, **kwargs):
+        calls.append(cfg["kernel"]["name"])
+        return build_run_model(cfg, method, **kwargs)
+
+    monkeypatch.setattr(cnncomp.plan, "build_run_model", counting_build)
+    plan = plan_sweep(["experiment=grid_smoke", "layers=all", *overrides], measure=False)
+    assert all(c.error is None for c in plan.cells), [c.error for c in plan.cells]
+    assert len(plan.cells) == cells and {c.config["kernel"]["name"] for c in plan.cells} == set(kernels)
+    assert len(calls) == plan.models_built == builds
+    for cell in plan.cells:
+        assert (cell.dense_params, cell.stored_params) == uncached_counts(cell), cell.overrides
+        assert cell.compression_ratio == cell.dense_params / cell.stored_params

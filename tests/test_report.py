@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnncomp.report import CSV_FIELDS, analyze, main, pareto_front, write_report
+from cnncomp.report import CSV_FIELDS, analyze, front_line, main, pareto_front, plot_group, plot_lines, write_report
 from cnncomp.sweep import sweep_cells
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -197,19 +197,30 @@ def test_report_of_a_real_sweep(tmp_path, root):
         "trainer.batch_size=16",
         f"hydra.sweep.dir={sweep}",
     ]
-    run = subprocess.run(
-        [sys.executable, "-m", "cnncomp.train", "--multirun", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    old_umask = os.umask(0o027)  # the sweep and the report under umask 027: every file 0640
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "cnncomp.train", "--multirun", *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert main([str(sweep)]) == 0
+    finally:
+        os.umask(old_umask)
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("result.json")}
     assert len(results) == 4 and all(r["status"] == "completed" for r in results.values())
+    modes = {str(p.relative_to(sweep)): p.stat().st_mode & 0o777 for p in sweep.rglob("*") if p.is_file()}
+    for name in ["sweep_summary.json", "report.md", "results.csv", "accuracy_vs_compression_lenet_synthetic.png"]:
+        assert name in modes, name
+    for job in results:
+        for name in ["result.json", "metrics.csv", "model.pt", "best.pt", "last.pt"]:
+            assert f"{job}/{name}" in modes, f"{job}/{name}"
+    assert modes == {name: 0o640 for name in modes}
 
-    assert main([str(sweep)]) == 0
     rows = list(csv.DictReader((sweep / "results.csv").open()))
     assert len(rows) == 4
     for row in rows:
@@ -236,8 +247,39 @@ def test_report_of_a_real_sweep(tmp_path, root):
     assert report.started == report.missing  # its job dir holds .hydra/overrides.yaml
 
 
-def test_cli_on_a_missing_dir(tmp_path):
-    assert main([str(tmp_path / "nope")]) == 2
+def test_cli_on_a_missing_dir_exits_1_and_creates_nothing(tmp_path):
+    missing = tmp_path / "nope"
+    run = subprocess.run(
+        [sys.executable, "-m", "cnncomp.report", str(missing)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"cnncomp-report: {missing}: no such directory"]
+    assert not missing.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_on_a_dir_without_records_exits_1_and_writes_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"cnncomp-report: {empty}: no run record (result.json) under it"
+    ]
+    assert list(empty.iterdir()) == []
+    # a sweep that has started but written no record yet: still nothing to report, nothing written
+    (empty / "0" / ".hydra").mkdir(parents=True)
+    (empty / "0" / ".hydra" / "overrides.yaml").write_text("- kernel=dct\n")
+    before = sorted(empty.rglob("*"))
+    assert main([str(empty), "--out", str(tmp_path / "out")]) == 1
+    assert sorted(empty.rglob("*")) == before and not (tmp_path / "out").exists()
+
+
+def test_cli_with_one_bad_dir_of_several_writes_nothing(crafted, tmp_path, capsys):
+    before = sorted(crafted.rglob("*"))
+    assert main([str(crafted), str(tmp_path / "nope")]) == 1
+    assert f"{tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+    assert sorted(crafted.rglob("*")) == before
+    assert main([str(crafted), "--out", str(tmp_path / "out")]) == 0  # records found: --out is made
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "results.csv").exists()
 
 
 def test_method_labels_and_the_ratio_with_index_cost():
@@ -249,3 +291,45 @@ def test_method_labels_and_the_ratio_with_index_cost():
     assert method_label({"kernel": "none", "selection": None}) == "none"
     assert ratio({"compression_ratio": 4.0, "compression_ratio_with_index": 2.5}) == 2.5
     assert ratio({"compression_ratio": 4.0}) == 4.0  # records written before the index cost existed
+
+
+def test_plot_lines_run_only_along_keep_or_lambda_and_the_front_is_monotone(tmp_path):
+    """Lines join cells of one method and layer set along keep (or λ = kernel.kl_scale), never cells
+    of different layer sets; the front runs in order of compression with falling accuracy."""
+
+    def cell(kernel, layers, keep, acc, r, extra=(), selection="block"):
+        rec = record(kernel, layers, acc, r)
+        rec["overrides"] += [f"kernel.keep={keep}", *extra] + (
+            [f"kernel.selection={selection}"] if selection != "block" else []
+        )
+        rec.update(keep=keep, selection=None if kernel == "none" else selection)
+        return rec
+
+    records = {
+        "dense": cell("none", "all", 1.0, 0.92, 1.0),
+        "dct-linear-0.1": cell("dct", "linear", 0.1, 0.86, 8.0),
+        "dct-linear-0.5": cell("dct", "linear", 0.5, 0.91, 1.9),
+        "dct-linear-0.25": cell("dct", "linear", 0.25, 0.90, 3.5),
+        "dct-conv-0.25": cell("dct", "conv", 0.25, 0.915, 1.05),
+        "dct-all-0.25": cell("dct", "all", 0.25, 0.87, 4.0),
+        "dst-linear-0.25": cell("dst", "linear", 0.25, 0.89, 3.5),
+        "vd-1": cell("dct", "all", 1.0, 0.905, 12.0, ["kernel.kl_scale=1"], "learned"),
+        "vd-4": cell("dct", "all", 1.0, 0.89, 27.0, ["kernel.kl_scale=4"], "learned"),
+        "vd-2": cell("dct", "all", 1.0, 0.90, 18.0, ["kernel.kl_scale=2"], "learned"),
+    }
+    write_sweep(tmp_path / "sweep", records, ["model=lenet"])
+    report = analyze([tmp_path / "sweep"])
+    (rows,) = report.groups.values()
+    done = [r for r in rows if r["status"] == "completed"]
+    lines = {
+        (m, axis, tuple((r["layers"], r["keep"], r["_others"].get("kernel.kl_scale")) for r in rs))
+        for m, axis, rs in plot_lines(done)
+    }
+    assert lines == {
+        ("dct", "keep", (("linear", 0.1, None), ("linear", 0.25, None), ("linear", 0.5, None))),
+        ("dct/learned", "kernel.kl_scale", (("all", 1.0, "1"), ("all", 1.0, "2"), ("all", 1.0, "4"))),
+    }
+    front = [(r["compression_ratio"], round(100 * r["test_acc"], 1)) for r in front_line(done)]
+    # dominated: dct-linear at keep 0.25 and 0.1, dct-all, dst-linear
+    assert front == [(1.0, 92.0), (1.05, 91.5), (1.9, 91.0), (12.0, 90.5), (18.0, 90.0), (27.0, 89.0)]
+    assert plot_group(rows, "lenet", tmp_path / "plot.png") and (tmp_path / "plot.png").read_bytes()[:8] == PNG

@@ -330,3 +330,32 @@ def test_a_completed_run_is_not_repeated(tmp_path, make_cfg, quick):
     again = train(make_cfg(quick), run_dir=tmp_path)
     assert again == json.loads((tmp_path / "result.json").read_text()) and again["test_acc"] == first["test_acc"]
     assert (tmp_path / "result.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_sigterm_message_says_whether_anything_can_be_resumed(epoch, tmp_path, monkeypatch, caplog):
+    """SIGTERM in epoch 1: no last.pt, and the warning says nothing can be resumed yet; in epoch 2:
+    last.pt holds epoch 1, as the warning says."""
+    from cnncomp import engine
+
+    real, calls = engine.train_epoch, []
+
+    def train_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            os.kill(os.getpid(), signal.SIGTERM)  # through the run's own signal handler
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_epoch", train_epoch)
+    with caplog.at_level("WARNING", logger="cnncomp"):
+        r = train(make_cfg([*QUICK, "trainer.max_epochs=2"]), run_dir=tmp_path)
+    assert r["status"] == "interrupted" and r["error"] == "interrupted by SIGTERM" and len(calls) == epoch
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "interrupted"
+    warnings = [rec.getMessage() for rec in caplog.records if "interrupted" in rec.getMessage()]
+    assert len(warnings) == 1
+    if epoch == 1:
+        assert not (tmp_path / "last.pt").exists()
+        assert "nothing can be resumed yet" in warnings[0] and "last.pt" not in warnings[0]
+    else:
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["epoch"] == 1
+        assert "last.pt holds the last finished epoch" in warnings[0]

@@ -40,6 +40,7 @@ from torch import nn
 
 from cnncomp import data
 from cnncomp.compression import compress_model, fold, stored_params
+from cnncomp.config import compose_config
 from cnncomp.models import build_model, list_models
 from cnncomp.training import engine
 

@@ -70,7 +70,9 @@ def _check_compression(c: dict[str, Any]) -> None:
     try:
         layer_types(c["layers"]["name"])
         for key in ("skip_first", "skip_last"):
-            _require(isinstance(c["layers"][key], bool), f"layers.{key} must be true or false, got {c['layers'][key]!r}")
+            _require(
+                isinstance(c["layers"][key], bool), f"layers.{key} must be true or false, got {c['layers'][key]!r}"
+            )
         if k["name"] == "none":
             return
         method = run_method(c)

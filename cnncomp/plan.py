@@ -235,7 +235,11 @@ def plan_sweep(
             try:
                 method = run_method(cfg)
                 model, _, _, dense = build_run_model(
-                    cfg, method, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
+                    cfg,
+                    method,
+                    num_classes=shape.num_classes,
+                    in_channels=shape.in_channels,
+                    image_size=shape.image_size,
                 )
                 arch = (cfg["model"]["name"], shape)  # MACs are those of the dense network
                 if arch not in macs_of:

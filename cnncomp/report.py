@@ -276,7 +276,7 @@ def render_markdown(report: Report, dirs: Sequence[Path], plots: Mapping[tuple[s
     if report.common:
         lines += ["Common overrides: " + " ".join(f"`{k}={v}`" for k, v in report.common.items()), ""]
     lines += [
-        "Accuracy is test accuracy of the best-validation epoch (selection=learned: the last, pruned); "
+        "Accuracy is test accuracy of the best-validation epoch (sparse VD: the last, pruned); "
         "Δ is in percentage points against the "
         "dense baseline (kernel=none) of the same model and dataset. Ratio: dense / stored values; "
         "with index: the bits that say which coefficients a mask kept counted in too (32 per value), "
@@ -355,14 +355,14 @@ def _slug(s: str) -> str:
 
 
 # the swept numeric axes along which the plot joins cells with a line: (what, how it reads, style)
-LINE_AXES = (("keep", "keep", "-"), ("kernel.kl_scale", "λ (kernel.kl_scale)", "--"))
+LINE_AXES = (("keep", "keep", "-"), ("method.kl_scale", "λ (method.kl_scale)", "--"))
 LAYER_MARKERS = {"linear": "o", "conv": "s", "all": "^"}
 MORE_MARKERS = ("v", "P", "X", "<", ">", "h", "p")
 DENSE_MARKER = "D"  # kernel=none, black
 
 
 def _axis_value(r: Mapping[str, Any], axis: str) -> float | None:
-    """A record's value on a swept numeric axis: its keep, or a varying override such as kernel.kl_scale."""
+    """A record's value on a swept numeric axis: its keep, or a varying override such as method.kl_scale."""
     value = r.get("keep") if axis == "keep" else (r.get("_others") or {}).get(axis)
     try:
         value = float(value)

@@ -9,7 +9,6 @@ import pytest
 from cnncomp import atomic
 from cnncomp.report import write_report
 from cnncomp.train import train
-from tests.conftest import QUICK, make_cfg
 
 RUN_FILES = ["result.json", "metrics.csv", "model.pt", "best.pt", "last.pt"]
 REPORT_FILES = ["report.md", "results.csv"]
@@ -69,10 +68,10 @@ def test_umask_without_proc_is_read_by_setting_and_restoring_it(tmp_path, monkey
 
 
 @pytest.mark.parametrize("mask, want", [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
-def test_every_artifact_of_a_run_and_its_report_follows_the_umask(mask, want, tmp_path):
+def test_every_artifact_of_a_run_and_its_report_follows_the_umask(mask, want, tmp_path, make_cfg, quick):
     run = tmp_path / "run"
     with umask(mask):
-        r = train(make_cfg([*QUICK, "kernel=dct", "trainer.max_epochs=2"]), run_dir=run)
+        r = train(make_cfg([*quick, "kernel=dct", "trainer.max_epochs=2"]), run_dir=run)
         assert r["status"] == "completed"
         write_report([run])
     plots = sorted(run.glob("*.png"))

@@ -32,7 +32,6 @@ from cnncomp.data import (
     readers,
 )
 from cnncomp.train import train
-from tests.conftest import make_cfg
 
 
 def _md5(path: Path) -> str:
@@ -356,7 +355,7 @@ def test_unknown_dataset_and_bad_arguments() -> None:
             build_data(DataSpec("synthetic", val_fraction=fraction))
 
 
-def test_data_spec_from_the_config_sections(tmp_path: Path) -> None:
+def test_data_spec_from_the_config_sections(tmp_path: Path, make_cfg) -> None:
     cfg = make_cfg(["dataset=synthetic", "trainer.batch_size=16", "trainer.seed=4", "trainer.val_fraction=0.2"])
     dataset, trainer = dict(cfg.dataset), dict(cfg.trainer)
     spec = DataSpec.from_config(dataset, trainer, rank=1, world_size=2)
@@ -415,7 +414,7 @@ def test_an_absent_root_is_left_absent_when_no_data_is_found(
 
 
 def test_a_run_with_an_absent_root_changes_nothing_outside_its_run_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_cfg
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kept").write_text("untouched")

@@ -294,7 +294,7 @@ def test_method_labels_and_the_ratio_with_index_cost():
 
 
 def test_plot_lines_run_only_along_keep_or_lambda_and_the_front_is_monotone(tmp_path):
-    """Lines join cells of one method and layer set along keep (or λ = kernel.kl_scale), never cells
+    """Lines join cells of one method and layer set along keep (or λ = method.kl_scale), never cells
     of different layer sets; the front runs in order of compression with falling accuracy."""
 
     def cell(kernel, layers, keep, acc, r, extra=(), selection="block"):
@@ -313,21 +313,21 @@ def test_plot_lines_run_only_along_keep_or_lambda_and_the_front_is_monotone(tmp_
         "dct-conv-0.25": cell("dct", "conv", 0.25, 0.915, 1.05),
         "dct-all-0.25": cell("dct", "all", 0.25, 0.87, 4.0),
         "dst-linear-0.25": cell("dst", "linear", 0.25, 0.89, 3.5),
-        "vd-1": cell("dct", "all", 1.0, 0.905, 12.0, ["kernel.kl_scale=1"], "learned"),
-        "vd-4": cell("dct", "all", 1.0, 0.89, 27.0, ["kernel.kl_scale=4"], "learned"),
-        "vd-2": cell("dct", "all", 1.0, 0.90, 18.0, ["kernel.kl_scale=2"], "learned"),
+        "vd-1": cell("dct", "all", 1.0, 0.905, 12.0, ["method.kl_scale=1"], "learned"),
+        "vd-4": cell("dct", "all", 1.0, 0.89, 27.0, ["method.kl_scale=4"], "learned"),
+        "vd-2": cell("dct", "all", 1.0, 0.90, 18.0, ["method.kl_scale=2"], "learned"),
     }
     write_sweep(tmp_path / "sweep", records, ["model=lenet"])
     report = analyze([tmp_path / "sweep"])
     (rows,) = report.groups.values()
     done = [r for r in rows if r["status"] == "completed"]
     lines = {
-        (m, axis, tuple((r["layers"], r["keep"], r["_others"].get("kernel.kl_scale")) for r in rs))
+        (m, axis, tuple((r["layers"], r["keep"], r["_others"].get("method.kl_scale")) for r in rs))
         for m, axis, rs in plot_lines(done)
     }
     assert lines == {
         ("dct", "keep", (("linear", 0.1, None), ("linear", 0.25, None), ("linear", 0.5, None))),
-        ("dct/learned", "kernel.kl_scale", (("all", 1.0, "1"), ("all", 1.0, "2"), ("all", 1.0, "4"))),
+        ("dct/learned", "method.kl_scale", (("all", 1.0, "1"), ("all", 1.0, "2"), ("all", 1.0, "4"))),
     }
     front = [(r["compression_ratio"], round(100 * r["test_acc"], 1)) for r in front_line(done)]
     # dominated: dct-linear at keep 0.25 and 0.1, dct-all, dst-linear

@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -333,10 +334,10 @@ def test_a_completed_run_is_not_repeated(tmp_path, make_cfg, quick):
 
 
 @pytest.mark.parametrize("epoch", [1, 2])
-def test_sigterm_message_says_whether_anything_can_be_resumed(epoch, tmp_path, monkeypatch, caplog):
+def test_sigterm_message_says_whether_anything_can_be_resumed(epoch, tmp_path, monkeypatch, caplog, make_cfg, quick):
     """SIGTERM in epoch 1: no last.pt, and the warning says nothing can be resumed yet; in epoch 2:
     last.pt holds epoch 1, as the warning says."""
-    from cnncomp import engine
+    from cnncomp.training import engine
 
     real, calls = engine.train_epoch, []
 
@@ -348,7 +349,7 @@ def test_sigterm_message_says_whether_anything_can_be_resumed(epoch, tmp_path, m
 
     monkeypatch.setattr(engine, "train_epoch", train_epoch)
     with caplog.at_level("WARNING", logger="cnncomp"):
-        r = train(make_cfg([*QUICK, "trainer.max_epochs=2"]), run_dir=tmp_path)
+        r = train(make_cfg([*quick, "trainer.max_epochs=2"]), run_dir=tmp_path)
     assert r["status"] == "interrupted" and r["error"] == "interrupted by SIGTERM" and len(calls) == epoch
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "interrupted"
     warnings = [rec.getMessage() for rec in caplog.records if "interrupted" in rec.getMessage()]

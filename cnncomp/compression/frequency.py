@@ -145,4 +145,8 @@ class Frequency(Method):
         weight = module.weight.detach()
         freq, phase = initial_frequencies(kernel, weight, fit=init == "project")
         param = FrequencyWeight(kernel, tuple(weight.shape), freq, phase)
-        return param, tuple(range(weight.ndim)), ["keep does not apply: one learnable-frequency function per row or filter"]
+        return (
+            param,
+            tuple(range(weight.ndim)),
+            ["keep does not apply: one learnable-frequency function per row or filter"],
+        )

@@ -102,7 +102,9 @@ def compress_module(
         module, kernel=kernel, keep=keep, axes=resolve_axes(module, axes), init=init, wavelet=wavelet
     )
     names = AXIS_NAMES[layer_type(module)]
-    param.request = LayerRequest(kernel, method.name, method.label(), float(keep), tuple(names[a] for a in axes_idx), tuple(notes))
+    param.request = LayerRequest(
+        kernel, method.name, method.label(), float(keep), tuple(names[a] for a in axes_idx), tuple(notes)
+    )
     parametrize.register_parametrization(module, "weight", param, unsafe=True)
     if hasattr(param, "install"):
         param.install(module)

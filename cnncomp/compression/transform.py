@@ -108,5 +108,3 @@ def _mask(
     mask = torch.zeros(numel, dtype=torch.bool)
     mask[order[:m]] = True
     return mask.reshape(shape)
-
-

@@ -128,7 +128,11 @@ class Run:
     def end_epoch(self, epoch: int, fit: dict[str, Any], started: float) -> None:
         """Validate, log and checkpoint a finished epoch."""
         distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, the ones it saves
-        val = engine.evaluate(self.model, self.data.val, **self.eval_opts) if self.has_val else {"loss": None, "acc": None}
+        val = (
+            engine.evaluate(self.model, self.data.val, **self.eval_opts)
+            if self.has_val
+            else {"loss": None, "acc": None}
+        )
         extra = self.method.epoch_metrics(self.model)
         row = {
             "epoch": epoch,

@@ -58,10 +58,14 @@ def git_commit() -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's (as the platform reports it)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
-        "device": f"{device.type}: {name}",
+        "device": f"{device.type}: {device_name(device)}",
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),

@@ -35,6 +35,7 @@ from cnncomp.measure import count_macs
 from cnncomp.sweep import sweep_cells
 from cnncomp.training import engine
 from cnncomp.training.model import build_run_model, run_method
+from cnncomp.training.record import device_name
 
 # What build_data would load, known without loading it: (channels, image size, classes, train, test).
 # An evaluation image costs about a third of a training image (forward only, vs forward + backward).
@@ -170,18 +171,9 @@ def _build_keys(cfg: dict, shape: DataShape) -> tuple[tuple, tuple]:
     return exact, exact
 
 
-def plan_sweep(
-    overrides: Sequence[str],
-    *,
-    measure: bool = True,
-    budget_s: float = 1.0,
-    config_dir: str | Path = CONF_DIR,
-    config_name: str = "config",
-) -> Plan:
-    """Compose, build and (with `measure`) time every cell of the sweep `overrides` describe."""
-    started = time.perf_counter()
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(list(overrides))
+def _compose_cells(overrides: Sequence[str], config_dir: str | Path, config_name: str) -> tuple[list[Cell], dict]:
+    """Every cell of the sweep, composed (or with the error that stopped it), and the sweep's params."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override()]
     task_args = [o.input_line for o in parsed if not o.is_hydra_override()]
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -197,88 +189,104 @@ def plan_sweep(
                 cell.config = OmegaConf.to_container(cfg, resolve=True)
             except Exception as err:
                 cell.error = f"{type(err).__name__}: {err}"
+    return cells, params
 
+
+def _plan_device(cells: Sequence[Cell]) -> torch.device:
     devices = {c.config["trainer"]["device"] for c in cells if c.config}
-    device_name = "auto" if not devices else sorted(devices)[0]
     try:
-        device = engine.resolve_device(device_name)
+        return engine.resolve_device("auto" if not devices else sorted(devices)[0])
     except ValueError:
-        device = torch.device("cpu")
-    plan = Plan(
-        cells,
-        f"{device.type}"
-        + (
-            f": {torch.cuda.get_device_name(device)}"
-            if device.type == "cuda"
-            else f" ({torch.get_num_threads()} threads)"
-        ),
-        "GPU-hours" if device.type == "cuda" else "CPU-hours",
-        sweep_params=params,
-    )
-    built: dict[tuple, tuple] = {}
-    timed: dict[tuple, float] = {}
-    macs_of: dict[tuple, int] = {}
+        return torch.device("cpu")
+
+
+class _Counter:
+    """Builds (and times) each distinct architecture once: (dense, stored, MACs, step time, error)."""
+
+    def __init__(self, plan: Plan, device: torch.device, measure: bool, budget_s: float) -> None:
+        self.plan, self.device, self.measure, self.budget_s = plan, device, measure, budget_s
+        self.built: dict[tuple, tuple] = {}
+        self.timed: dict[tuple, float] = {}
+        self.macs_of: dict[tuple, int] = {}
+
+    def counts(self, cfg: dict, shape: DataShape) -> tuple:
+        shared, key = _build_keys(cfg, shape)
+        if shared in self.built:
+            return self.built[shared]
+        if key not in self.built:
+            try:
+                self.built[shared] = self._build(cfg, shape)  # a success is shared by every kind
+                return self.built[shared]
+            except Exception as err:  # an error stays under the exact key: it may name the kind
+                self.built[key] = (None, None, None, None, f"{type(err).__name__}: {err}")
+        return self.built[key]
+
+    def _build(self, cfg: dict, shape: DataShape) -> tuple:
+        method = run_method(cfg)
+        model, _, _, dense = build_run_model(
+            cfg, method, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
+        )
+        arch = (cfg["model"]["name"], shape)  # MACs are those of the dense network
+        if arch not in self.macs_of:
+            with parametrize.cached():
+                self.macs_of[arch] = count_macs(model, (shape.in_channels, shape.image_size, shape.image_size))
+        self.plan.models_built += 1
+        step = None
+        if self.measure:
+            sig = _signature(model, cfg, shape)
+            if sig not in self.timed:
+                self.timed[sig] = _time_steps(model, cfg, shape, self.device, self.budget_s)
+                self.plan.timings += 1
+            step = self.timed[sig]
+        method.finish(model)  # what the method stores after training (sparse VD: its keep budget, pruned)
+        return dense, stored_params(model), self.macs_of[arch], step, None
+
+
+def _cost(cell: Cell, cfg: dict, shape: DataShape, step: float | None) -> None:
+    """Steps per epoch and, with a measured step time, device-hours of `cell`."""
+    t = cfg["trainer"]
+    n_val = round(shape.num_train * t["val_fraction"])
+    cell.train_steps = _steps(shape.num_train - n_val, t["batch_size"], t["limit_train_batches"])
+    eval_batch = data.DataSpec.from_config(cfg["dataset"], t).held_out_batch_size
+    cell.eval_steps = _steps(n_val, eval_batch, t["limit_eval_batches"])
+    cell.test_steps = _steps(shape.num_test, eval_batch, t["limit_eval_batches"])
+    if step is not None:
+        # each held-out image costs about EVAL_COST of a training image
+        eval_step = eval_batch / t["batch_size"] * EVAL_COST * step
+        seconds = t["max_epochs"] * (cell.train_steps * step + cell.eval_steps * eval_step)
+        cell.hours = (seconds + cell.test_steps * eval_step) / 3600
+
+
+def plan_sweep(
+    overrides: Sequence[str],
+    *,
+    measure: bool = True,
+    budget_s: float = 1.0,
+    config_dir: str | Path = CONF_DIR,
+    config_name: str = "config",
+) -> Plan:
+    """Compose, build and (with `measure`) time every cell of the sweep `overrides` describe."""
+    started = time.perf_counter()
+    cells, params = _compose_cells(overrides, config_dir, config_name)
+    device = _plan_device(cells)
+    where = f": {device_name(device)}" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"
+    unit = "GPU-hours" if device.type == "cuda" else "CPU-hours"
+    plan = Plan(cells, device.type + where, unit, sweep_params=params)
+    counter = _Counter(plan, device, measure, budget_s)
     for cell in cells:
         if cell.config is None:
             continue
-        cfg = cell.config
         try:
-            check_config(cfg)
-            shape = data_shape(cfg["dataset"])
+            check_config(cell.config)
+            shape = data_shape(cell.config["dataset"])
         except (ValueError, data.DataNotFoundError) as err:  # ConfigError is a ValueError
             cell.error = str(err)
             continue
-        shared, key = _build_keys(cfg, shape)
-        if shared in built:
-            key = shared
-        elif key not in built:
-            try:
-                method = run_method(cfg)
-                model, _, _, dense = build_run_model(
-                    cfg,
-                    method,
-                    num_classes=shape.num_classes,
-                    in_channels=shape.in_channels,
-                    image_size=shape.image_size,
-                )
-                arch = (cfg["model"]["name"], shape)  # MACs are those of the dense network
-                if arch not in macs_of:
-                    with parametrize.cached():
-                        macs_of[arch] = count_macs(model, (shape.in_channels, shape.image_size, shape.image_size))
-                macs = macs_of[arch]
-                plan.models_built += 1
-                step = None
-                if measure:
-                    sig = _signature(model, cfg, shape)
-                    if sig not in timed:
-                        timed[sig] = _time_steps(model, cfg, shape, device, budget_s)
-                        plan.timings += 1
-                    step = timed[sig]
-                # what the method stores after training (sparse VD: at most its keep budget, pruned)
-                method.finish(model)
-                stored = stored_params(model)
-                # a success is shared; an error (below) stays under the exact key: it may name the kind
-                built[shared] = (dense, stored, macs, step, None)
-                key = shared
-                del model
-            except Exception as err:
-                built[key] = (None, None, None, None, f"{type(err).__name__}: {err}")
-        dense, stored, macs, step, error = built[key]
-        if error is not None:
-            cell.error = error
-            continue
-        t = cfg["trainer"]
-        n_val = round(shape.num_train * t["val_fraction"])
-        cell.dense_params, cell.stored_params, cell.macs, cell.step_time_s = dense, stored, macs, step
-        cell.compression_ratio = dense / stored
-        cell.train_steps = _steps(shape.num_train - n_val, t["batch_size"], t["limit_train_batches"])
-        cell.eval_steps = _steps(n_val, 2 * t["batch_size"], t["limit_eval_batches"])
-        cell.test_steps = _steps(shape.num_test, 2 * t["batch_size"], t["limit_eval_batches"])
-        if step is not None:
-            # an eval batch is twice a training batch, each image about EVAL_COST of a training image
-            eval_step = 2 * EVAL_COST * step
-            seconds = t["max_epochs"] * (cell.train_steps * step + cell.eval_steps * eval_step)
-            cell.hours = (seconds + cell.test_steps * eval_step) / 3600
+        dense, stored, macs, step, cell.error = counter.counts(cell.config, shape)
+        if cell.error is None:
+            cell.dense_params, cell.stored_params, cell.macs, cell.step_time_s = dense, stored, macs, step
+            cell.compression_ratio = dense / stored
+            _cost(cell, cell.config, shape, step)
     plan.wall_s = time.perf_counter() - started
     return plan
 

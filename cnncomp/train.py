@@ -177,7 +177,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                 with contextlib.suppress(Exception):
                     logger.finish(record.as_dict())
     if records:
-        _print_summary(record)
+        print(record.summary(), flush=True)
     return record.as_dict()
 
 
@@ -229,31 +229,6 @@ def _train_rank(cfg: DictConfig, run_dir: Path, hydra_state: bytes | None) -> No
             hc = HydraConfig.get()
             configure_log(hc.job_logging, hc.verbose)
     train(cfg, run_dir)
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
-
-
-def _print_summary(record: RunRecord) -> None:
-    r = record.as_dict()
-    lines = [f"cnncomp: {r['status']}  {r['model']} / {r['kernel']} / layers={r['layers']} / {r['dataset']}"]
-    if r.get("error"):
-        lines.append(f"  error: {r['error']}")
-    if r.get("test_acc") is not None:
-        lines.append(f"  test accuracy {r['test_acc']:.4f}  (best val {_fmt(r['val_acc'])} at epoch {r['best_epoch']})")
-    if r.get("stored_params"):
-        lines.append(
-            f"  parameters {r['dense_params']:,} dense -> {r['stored_params']:,} stored ({r['compression_ratio']:.2f}x)"
-        )
-    if r.get("dense_model_bytes"):
-        lines.append(
-            f"  size on disk {r['model_bytes'] / 1024:.1f} KiB (dense {r['dense_model_bytes'] / 1024:.1f} KiB)"
-        )
-    if r.get("train_time_s"):
-        lines.append(f"  train time {r['train_time_s']:.1f}s, {r['images_per_s']:.0f} images/s on {r['device']}")
-    lines.append(f"  record: {Path(r['run_dir']) / 'result.json'}")
-    print("\n".join(lines), flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

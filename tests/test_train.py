@@ -14,7 +14,7 @@ from cnncomp.models import build_model, list_models
 from cnncomp.train import train
 
 KERNELS = ["none", "identity", "dct", "dst", "dft", "wavelet"]
-GROUPS = ["model", "kernel", "layers", "dataset", "trainer", "logger", "experiment"]
+GROUPS = ["model", "kernel", "method", "layers", "dataset", "trainer", "logger", "experiment", "recipe"]
 
 
 def options(conf_dir: Path, group: str) -> list[str]:
@@ -43,10 +43,17 @@ def test_every_group_option_composes(make_cfg, conf_dir):
     for group in GROUPS:
         for option in options(conf_dir, group):
             cfg = make_cfg([f"{group}={option}"])
-            if group in ("model", "kernel", "layers", "dataset", "logger"):
+            if group in ("model", "kernel", "method", "layers", "dataset", "logger"):
                 assert cfg[group].name == option
     assert make_cfg(["experiment=fc_only"]).layers.name == "linear"
     assert make_cfg(["experiment=conv_only"]).layers.name == "conv"
+
+
+def test_help_lists_each_groups_options_and_no_private_file(root, conf_dir):
+    out = cli(["--help"], cwd=root).stdout
+    for group in GROUPS:
+        assert f"{group}: {', '.join(options(conf_dir, group))}\n" in out, group
+    assert "method: frequency, lowrank, sparse_vd, transform\n" in out and "_options" not in out
 
 
 @pytest.mark.parametrize("model", ["lenet", "lenet5_caffe"])
@@ -311,11 +318,6 @@ def test_cfg_job_prints_a_readable_config(tmp_path):
     assert out.returncode == 0
     for line in ["model:", "  name: lenet", "kernel:", "  keep: 0.25", "trainer:", "  max_epochs: 5"]:
         assert line in out.stdout
-
-
-def test_project_layout(root):
-    for path in ["conf", "cnncomp", "tests", "launch", "outputs/.gitkeep", "pyproject.toml", "Makefile"]:
-        assert (root / path).exists(), path
 
 
 def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, make_cfg, quick):

@@ -22,7 +22,7 @@ from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.training import checkpoint, distributed, engine
 from cnncomp.training.loggers import build_loggers
 from cnncomp.training.model import build_run_model, run_method
-from cnncomp.training.record import RunRecord
+from cnncomp.training.record import RunRecord, format_metric
 
 log = logging.getLogger("cnncomp")
 
@@ -47,10 +47,6 @@ def stage_of(stages: list[Stage], epoch: int) -> Stage:
         if epoch <= end:
             return stage
     raise ValueError(f"epoch {epoch} is past the stages' {end} epochs")
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
 
 
 class Run:
@@ -147,7 +143,7 @@ class Run:
         self.state["history"].append(row)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %s acc %s  (%.1fs)%s",
-            epoch, self.t["max_epochs"], fit["loss"], fit["acc"], _fmt(val["loss"]), _fmt(val["acc"]),
+            epoch, self.t["max_epochs"], fit["loss"], fit["acc"], format_metric(val["loss"]), format_metric(val["acc"]),
             row["epoch_time_s"], "".join(f"  {k} {v}" for k, v in extra.items()),
         )  # fmt: skip
         self.state["epoch"] = epoch

@@ -73,7 +73,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-STATUSES = ("completed", "failed", "diverged", "interrupted")
+def format_metric(x: float | None) -> str:
+    """A loss or accuracy for logs: four decimals, "-" where there is none (no validation split)."""
+    return "-" if x is None else f"{x:.4f}"
 
 
 @dataclass
@@ -132,6 +134,27 @@ class RunRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """A few lines for the terminal: how the run ended, accuracy, size, speed, where the record is."""
+        lines = [f"cnncomp: {self.status}  {self.model} / {self.kernel} / layers={self.layers} / {self.dataset}"]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.test_acc is not None:
+            best = f"best val {format_metric(self.val_acc)} at epoch {self.best_epoch}"
+            lines.append(f"  test accuracy {self.test_acc:.4f}  ({best})")
+        if self.stored_params:
+            lines.append(
+                f"  parameters {self.dense_params:,} dense -> {self.stored_params:,} stored "
+                f"({self.compression_ratio:.2f}x)"
+            )
+        if self.dense_model_bytes:
+            kib = self.model_bytes / 1024, self.dense_model_bytes / 1024
+            lines.append(f"  size on disk {kib[0]:.1f} KiB (dense {kib[1]:.1f} KiB)")
+        if self.train_time_s:
+            lines.append(f"  train time {self.train_time_s:.1f}s, {self.images_per_s:.0f} images/s on {self.device}")
+        lines.append(f"  record: {Path(self.run_dir) / 'result.json'}")
+        return "\n".join(lines)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:

@@ -67,7 +67,8 @@ class Method:
 
     A subclass sets `name`, `options` (its own option names and defaults) and overrides
     `parametrization`; the run hooks are optional. A parametrization module it returns computes the
-    weight from its `original`s and provides `stored()` (values it stores), `variance_init(chain, std)`
+    weight from its `original`s and provides `shape` (the weight's), `stored()` (values it stores),
+    `variance_init(chain, std)`
     and may provide `index_bits()`, `no_weight_decay()` (names of its own parameters), `block`,
     and `install(module)` (e.g. a cheaper forward for the layer)."""
 
@@ -180,9 +181,10 @@ def layer_summary(module: nn.Module) -> LayerSummary | None:
     param = stored_parametrization(module)
     if param is None:
         return None
-    r, dense, stored = param.request, math.prod(module.weight.shape), param.stored()
+    # the parametrization's shape: reading module.weight would rebuild W (a ResNet-18: seconds)
+    r, dense, stored = param.request, math.prod(param.shape), param.stored()
     return LayerSummary(
-        shape=tuple(module.weight.shape),
+        shape=tuple(param.shape),
         kernel=r.kernel,
         selection=r.selection,
         keep=r.keep,

@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 
 def test_quick_bench_writes_every_figure_with_its_baseline(tmp_path, data_root, fashion_mnist):
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--out", str(out), "--data-root", str(data_root)])
+    assert bench.main(["--quick", "--out", str(out), "--data-root", str(data_root)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch_version"] == torch.__version__
     rows = result["rows"]

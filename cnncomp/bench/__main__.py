@@ -2,4 +2,4 @@
 
 from cnncomp.bench import main
 
-main()
+raise SystemExit(main())

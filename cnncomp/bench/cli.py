@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": machine(device), "settings": settings, "rows": [asdict(r) for r in rows]}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, print the table, write `--out`; returns the exit status (the `cnncomp-bench` script
+    passes it to sys.exit)."""
     args = parse_args(argv)
     result = run(args)
     m = result["machine"]
@@ -139,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from cnncomp.atomic import write_json
 
         write_json(Path(args.out), result)
-    return result
+    return 0

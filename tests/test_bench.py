@@ -16,13 +16,14 @@ from cnncomp.compression.coefficients import linear_plan
 from cnncomp.models import build_model
 from cnncomp.train import train
 from cnncomp.training import engine
+from cnncomp.training.record import device_name
 
 CPU = torch.device("cpu")
 
 
 def test_quick_bench_writes_every_figure_with_its_baseline(tmp_path, data_root, fashion_mnist):
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--out", str(out), "--data-root", str(data_root)])
+    assert bench.main(["--quick", "--out", str(out), "--data-root", str(data_root)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch_version"] == torch.__version__
     rows = result["rows"]
@@ -41,6 +42,14 @@ def test_quick_bench_writes_every_figure_with_its_baseline(tmp_path, data_root, 
     kernels = result["settings"]["kernels"]
     assert len([r for r in rows if r["section"] == "step"]) == len(kernels) * len(bench.KEEPS)
     assert len([r for r in rows if r["section"] == "infer"]) == 2 * len(kernels)
+    # the e2e row carries the record of the train() run it timed
+    settings = result["settings"]
+    (e2e,) = [r for r in rows if r["section"] == "e2e"]
+    assert e2e["info"]["epochs"] == settings["e2e_epochs"] == len(e2e["info"]["epoch_times_s"])
+    assert all(math.isfinite(t) and t > 0 for t in e2e["info"]["epoch_times_s"])
+    assert e2e["info"]["images_per_epoch"] == settings["e2e_steps"] * settings["batch"]
+    assert e2e["baseline"] == pytest.approx(settings["batch"] / (e2e["info"]["bare_step_ms"] / 1e3))
+    assert result["machine"]["device"] == device_name(CPU)
 
 
 def test_cli_prints_a_markdown_table(tmp_path, root):
@@ -48,8 +57,41 @@ def test_cli_prints_a_markdown_table(tmp_path, root):
     cmd = [sys.executable, "-m", "cnncomp.bench", "--quick", "--sections", "pipeline,step", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| section | figure | value | baseline | baseline value | ratio | better |" in proc.stdout
-    assert {r["section"] for r in json.loads(out.read_text())["rows"]} == {"pipeline", "step"}
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("cnncomp bench: lenet 1x28x28 batch 16, ")
+    assert lines[1] == "| section | figure | value | baseline | baseline value | ratio | better |"
+    assert lines[2] == "|---|---|---:|---|---:|---:|---|"
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["section"] for r in rows} == {"pipeline", "step"}
+    table = [line.split(" | ") for line in lines[3:]]
+    assert len(table) == len(rows)  # one table line a row, in the JSON's order, seven columns
+    for cells, r in zip(table, rows, strict=True):
+        assert len(cells) == 7 and cells[0] == f"| {r['section']}" and cells[1] == r["name"]
+        assert float(cells[5]) == pytest.approx(r["ratio"], abs=5e-4)
+
+
+def test_unknown_section_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "step,nope"])
+    assert "unknown section(s) nope" in capsys.readouterr().err
+    assert bench.parse_args([]).sections == list(bench.SECTIONS)
+
+
+def test_timer_calls_each_function_warmup_plus_repeats_times():
+    a, b = [], []
+    times = bench.Timer(CPU, warmup=2, repeats=3).pair(lambda: a.append(1), lambda: b.append(1))
+    assert len(a) == len(b) == 5
+    assert len(times) == 2 and all(math.isfinite(t) and t >= 0 for t in times)
+
+
+def test_make_steps_trains_the_model():
+    args = bench.parse_args(["--device", "cpu", "--quick"])
+    args.model, args.input, args.batch, args.precision, args.channels_last = "lenet", [1, 28, 28], 8, "32", False
+    torch.manual_seed(0)
+    model = build_model("lenet", num_classes=args.classes, in_channels=1, image_size=28)
+    before = [p.detach().clone() for p in model.parameters()]
+    bench.make_steps(args, CPU, model)()
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
 @pytest.mark.parametrize(

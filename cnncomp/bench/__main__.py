@@ -1,0 +1,5 @@
+"""`python -m cnncomp.bench`."""
+
+from cnncomp.bench import main
+
+raise SystemExit(main())

@@ -32,7 +32,7 @@ from cnncomp.compression import stored_params
 from cnncomp.config import CONF_DIR, check_config
 from cnncomp.data import DataShape
 from cnncomp.measure import count_macs
-from cnncomp.sweep import sweep_cells
+from cnncomp.sweep import override_dict, sweep_cells
 from cnncomp.training import engine
 from cnncomp.training.model import build_run_model, run_method
 from cnncomp.training.record import device_name
@@ -293,7 +293,7 @@ def plan_sweep(
 
 def _varying(cells: Sequence[Cell]) -> list[str]:
     """Override keys whose value differs between cells (the ones worth a column)."""
-    rows = [dict(o.partition("=")[::2] for o in c.overrides) for c in cells]
+    rows = [override_dict(c.overrides) for c in cells]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return [k for k in keys if len({r.get(k) for r in rows}) > 1]
 
@@ -321,7 +321,7 @@ def format_plan(plan: Plan) -> str:
     ]
     rows = []
     for i, c in enumerate(cells, 1):
-        values = dict(o.partition("=")[::2] for o in c.overrides)
+        values = override_dict(c.overrides)
         row = [str(i), *(values.get(k, "") for k in varying)]
         if c.error:
             row += [f"ERROR: {c.error}"] + [""] * (len(head) - len(row) - 1)

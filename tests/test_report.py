@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import os
 import subprocess
@@ -8,7 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnncomp.report import CSV_FIELDS, analyze, front_line, main, pareto_front, plot_group, plot_lines, write_report
+from cnncomp.report import (
+    CSV_FIELDS,
+    analyze,
+    front_line,
+    main,
+    pareto_front,
+    plot_group,
+    plot_lines,
+    render_csv,
+    write_report,
+)
 from cnncomp.sweep import sweep_cells
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -333,3 +344,58 @@ def test_plot_lines_run_only_along_keep_or_lambda_and_the_front_is_monotone(tmp_
     # dominated: dct-linear at keep 0.25 and 0.1, dct-all, dst-linear
     assert front == [(1.0, 92.0), (1.05, 91.5), (1.9, 91.0), (12.0, 90.5), (18.0, 90.0), (27.0, 89.0)]
     assert plot_group(rows, "lenet", tmp_path / "plot.png") and (tmp_path / "plot.png").read_bytes()[:8] == PNG
+
+
+def test_csv_columns_are_the_run_records_scalar_fields_plus_the_reports_own():
+    """results.csv takes its columns from RunRecord: every field but the nested config and
+    layers_summary, identity and accuracy first, provenance last; a field added to the record
+    shows up without editing the report."""
+    from dataclasses import dataclass
+
+    from cnncomp.report.tables import COMPUTED, JOINED_FIELDS, csv_fields, record_columns
+    from cnncomp.training.record import FIELDS, RunRecord
+
+    columns, joined = record_columns()
+    assert columns == [f for f in FIELDS if f not in ("config", "layers_summary")]
+    assert joined == JOINED_FIELDS == ["overrides"]
+    assert sorted(CSV_FIELDS) == sorted(columns + list(COMPUTED))
+    assert CSV_FIELDS[:12] == [
+        "status",
+        "model",
+        "dataset",
+        "kernel",
+        "layers",
+        "keep",
+        "selection",
+        "method",
+        "test_acc",
+        "baseline_test_acc",
+        "delta_test_acc",
+        "pareto",
+    ]
+    assert CSV_FIELDS[-6:] == ["config_hash", "started_at", "ended_at", "error", "overrides", "run_dir"]
+
+    @dataclass
+    class Extended(RunRecord):
+        flops_saved: float | None = None
+        notes: dict | None = None  # nested: no column
+
+    assert csv_fields(Extended) == CSV_FIELDS[:-6] + ["flops_saved"] + CSV_FIELDS[-6:]
+
+
+def test_records_are_read_through_the_run_record_schema(tmp_path, caplog):
+    from cnncomp.report import load_results
+    from cnncomp.training.record import FIELDS
+
+    r = record("dct", "linear", 0.91, 3.0)
+    r["from_a_future_version"] = 1
+    write_sweep(tmp_path / "s", {"a": r, "b": record("none", "linear", 0.9, 1.0)}, ["model=lenet"])
+    (tmp_path / "s" / "c").mkdir()
+    (tmp_path / "s" / "c" / "result.json").write_text("[1, 2]")
+    records = load_results([tmp_path / "s"])
+    assert len(records) == 2 and "skipping" in caplog.text and "c/result.json" in caplog.text
+    for rec in records:
+        assert set(rec) == set(FIELDS) | {"_path"}  # unknown keys dropped, absent fields None
+    assert records[0]["test_acc"] == 0.91 and records[0]["config_hash"] is None and records[0]["world_size"] is None
+    rows = list(csv.DictReader(io.StringIO(render_csv(analyze([tmp_path / "s"])))))
+    assert "from_a_future_version" not in rows[0] and rows[0]["world_size"] == ""

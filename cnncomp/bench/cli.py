@@ -25,6 +25,8 @@ from cnncomp.training import engine
 SECTIONS = ("pipeline", "step", "infer", "e2e", "target")
 KEEPS = (1.0, 0.25, 0.1)
 
+DESCRIPTION = "Speed benchmarks: every figure with a baseline measured in the same run (ratio = figure / baseline)."
+
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
@@ -35,9 +37,7 @@ def _strs(text: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from cnncomp import bench  # the package's docstring describes the command
-
-    p = argparse.ArgumentParser(prog="python -m cnncomp.bench", description=bench.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cnncomp.bench", description=DESCRIPTION)
     p.add_argument("--model", choices=list_models(), help="default: resnet18 on CUDA, lenet on the CPU")
     p.add_argument("--input", type=_ints, help="C x H x W; default 3x32x32 on CUDA, 1x28x28 on the CPU")
     p.add_argument("--batch", type=int, help="training batch; default 512 on CUDA, 64 on the CPU")

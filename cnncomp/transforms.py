@@ -95,26 +95,24 @@ def _dft(n: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def _dwt_step(m: int, wavelet: str) -> torch.Tensor:
-    """One periodized DWT level as an m×m matrix: rows [approximation (m/2); detail (m/2)].
+def _wavelet(n: int, wavelet: str) -> torch.Tensor:
+    """Periodized multilevel DWT in `pywt.wavedec` order [cA_J, cD_J, …, cD_1]; identity when J = 0.
 
-    pywt's periodization mode computes c[i] = Σ_k h[k] x[(2i + L/2 - k) mod m] for a filter of length L.
+    Each level re-splits the current approximation rows (m of them) into m/2 approximation and m/2
+    detail rows; pywt's periodization mode computes c[i] = Σ_k h[k] x[(2i + L/2 - k) mod m] for a
+    filter of length L, so a level is L row gathers, not an m×m matrix product.
     """
     w = pywt.Wavelet(wavelet)
     taps = len(w.dec_lo)
-    out = torch.zeros(m, m, dtype=torch.float64)
-    for half, filt in enumerate((w.dec_lo, w.dec_hi)):
-        for i in range(m // 2):
-            for k, h in enumerate(filt):
-                out[half * (m // 2) + i, (2 * i + taps // 2 - k) % m] += h
-    return out
-
-
-def _wavelet(n: int, wavelet: str) -> torch.Tensor:
-    """Periodized multilevel DWT in `pywt.wavedec` order [cA_J, cD_J, …, cD_1]; identity when J = 0."""
     b = torch.eye(n, dtype=torch.float64)
     m = n
     for _ in range(wavelet_level(n, wavelet)):
-        b[:m] = _dwt_step(m, wavelet) @ b[:m]  # re-split the current approximation rows
+        i = torch.arange(m // 2)
+        rows = b[:m].clone()
+        for half, filt in enumerate((w.dec_lo, w.dec_hi)):
+            out = b[half * (m // 2) : (half + 1) * (m // 2)]
+            out.zero_()
+            for k, h in enumerate(filt):
+                out += h * rows[(2 * i + taps // 2 - k) % m]
         m //= 2
     return b

@@ -14,7 +14,7 @@ from cnncomp.errors import ConfigError
 from cnncomp.models import list_models
 from cnncomp.training import engine
 from cnncomp.training.loggers import LOGGERS
-from cnncomp.training.model import run_method
+from cnncomp.training.model import codec_spec, run_method
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -91,3 +91,7 @@ def check_config(c: dict[str, Any]) -> None:
         name = c[group]["name"]
         _require(name in allowed, f"unknown {group} {name!r}; allowed: {', '.join(allowed)}")
     _check_compression(c)
+    try:
+        codec_spec(c)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"codec: {err}") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
-ENTRY_POINTS = {"cnncomp.train", "cnncomp.plan", "cnncomp.bench", "cnncomp.report"}
+ENTRY_POINTS = {"cnncomp.train", "cnncomp.plan", "cnncomp.bench", "cnncomp.report", "cnncomp.export"}
 LIBRARY = ("cnncomp.transforms", "cnncomp.compression", "cnncomp.models", "cnncomp.data", "cnncomp.training")
 METHODS = {f"cnncomp.compression.{m}" for m in ("transform", "sparse_vd", "lowrank", "frequency")}
 MAX_LINES = 450
@@ -40,7 +40,8 @@ def imports(name: str) -> tuple[set[str], set[str]]:
             if node.level:  # from . import x / from ._common import y
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
-            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            # `from pkg import mod` imports pkg.mod (pkg's __init__ runs first, as for any submodule)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
             continue
         for target in targets:

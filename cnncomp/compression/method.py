@@ -128,6 +128,10 @@ class Method:
     def finish(self, model: nn.Module) -> None:
         """Turn the trained model into what is stored (e.g. prune), in place, before testing."""
 
+    def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        """Give a freshly built model the structure of a finished one whose `state_dict` is given
+        (e.g. the kept sets of a pruned model), so that `load_state_dict(state_dict)` fits."""
+
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -295,3 +295,12 @@ class SparseVD(Method):
 
     def finish(self, model: nn.Module) -> None:
         prune(model)
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        """Fix each layer's kept set to the mask in `state_dict` and prune: the finished model's structure."""
+        names = {id(m): n for n, m in model.named_modules()}
+        for module, param, _ in list(_variational_layers(model)):
+            param.fixed.copy_(state_dict[f"{names[id(module)]}.parametrizations.weight.0.mask"])
+            param.frozen.fill_(True)
+        prune(model)

@@ -139,7 +139,7 @@ def _table(rows: Sequence[Mapping[str, Any]], other: bool) -> list[str]:
     """The table of one model and dataset, with an `other` column when other overrides vary."""
     lines = [] if baseline(rows) is not None else ["No completed dense baseline (kernel=none) yet.", ""]
     head = ["method", "layers", "keep"] + (["other"] if other else []) + ["status", "test acc %", "Δ pp"]
-    head += ["stored values", "index bits", "ratio", "with index", "size on disk", "images/s", "front"]
+    head += ["stored values", "index bits", "ratio", "with index", "file", "× bytes", "images/s", "front"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [method_label(r), str(r.get("layers")), _fmt(r.get("keep"), "g")]
@@ -152,7 +152,8 @@ def _table(rows: Sequence[Mapping[str, Any]], other: bool) -> list[str]:
             _fmt_int(r.get("index_bits")),
             _fmt(r.get("compression_ratio"), ".2f", "×"),
             _fmt(ratio(r), ".2f", "×"),
-            _fmt_bytes(r.get("model_bytes")),
+            _fmt_bytes(r.get("file_bytes")),
+            _fmt(r.get("file_ratio"), ".1f", "×"),
             _fmt(r.get("images_per_s"), ",.0f"),
             "★" if r.get("_pareto") else "",
         ]

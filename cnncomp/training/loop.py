@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cnncomp.compression import Method, Stage, fold, format_summary, index_bits, refresh_summary, stored_params
+from cnncomp.compression import Method, Stage, codec, fold, format_summary, index_bits, refresh_summary, stored_params
 from cnncomp.data import DataSpec, build_data
 from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.training import checkpoint, distributed, engine
 from cnncomp.training.loggers import build_loggers
-from cnncomp.training.model import build_run_model, run_method
+from cnncomp.training.model import MODEL_FILE, build_run_model, codec_spec, file_meta, run_method
 from cnncomp.training.record import RunRecord, format_metric
 
 log = logging.getLogger("cnncomp")
@@ -162,11 +162,13 @@ class Run:
         self.method.finish(self.model)
         refresh_summary(self.model, self.summary)
         self.record.update(**size_fields(self.model, self.record.dense_params))
-        test = engine.evaluate(self.model, self.data.test, **self.eval_opts)
+        unquantized = engine.evaluate(self.model, self.data.test, **self.eval_opts)
         model_bytes = checkpoint.save(self.run_dir / "model.pt", self.model.state_dict())
         dense = fold(self.model)
         if save_folded:
             checkpoint.save(self.run_dir / "model_folded.pt", dense.state_dict())
+        self.record.update(test_acc_unquantized=unquantized["acc"], **self.write_file())
+        test = engine.evaluate(self.model, self.data.test, **self.eval_opts)  # the decoded file's model
         s = self.state
         self.record.update(
             status="completed",
@@ -181,6 +183,25 @@ class Run:
             train_time_s=s["train_time_s"],
             images_per_s=s["train_images"] / s["train_time_s"] if s["train_time_s"] else None,
         )
+
+    def write_file(self) -> dict[str, Any]:
+        """Write model.cnnc (rank 0), decode it back into the model (every rank): its record fields."""
+        path = self.run_dir / MODEL_FILE
+        stats = None
+        if distributed.is_main():
+            meta = file_meta(self.config, self.model_args)
+            stats = codec.write_file(path, self.model.state_dict(), meta, codec_spec(self.config))
+        distributed.barrier()
+        _, state = codec.read_file(path)
+        self.model.load_state_dict(state)
+        if stats is None:
+            return {}
+        return {
+            "file_bytes": stats.total_bytes,
+            "file_ratio": 4 * self.record.dense_params / stats.total_bytes,
+            "bits_per_value": stats.bits_per_value,
+            "file_index_bits": stats.index_bits,
+        }
 
 
 def run(config: dict, run_dir: Path, device: torch.device, record: RunRecord, loggers: list, *, name: str,

@@ -1,4 +1,5 @@
-"""The run's model from its config: built, loaded from a pretrained checkpoint, compressed."""
+"""The run's model from its config: built, loaded from a pretrained checkpoint, compressed; and
+the compressed file (model.cnnc) that rebuilds it (`load`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cnncomp.compression import Method, build_method, compress_model, stored_params
+from cnncomp.compression import Method, build_method, codec, compress_model, stored_params
 from cnncomp.errors import ConfigError
 from cnncomp.models import build_model
 
@@ -71,3 +72,32 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> None:
             f"model.pretrained={str(path)!r} does not fit this model (a dense {type(model).__name__} with the "
             f"dataset's classes and channels is needed; compressed checkpoints are not accepted): {err}"
         ) from None
+
+
+MODEL_FILE = "model.cnnc"
+
+
+def codec_spec(config: dict[str, Any]) -> codec.CodecSpec:
+    """The codec config section as a CodecSpec (`codec.name` is the quantizer)."""
+    c = dict(config["codec"])
+    return codec.CodecSpec(quantizer=c.pop("name"), **c)
+
+
+def file_meta(config: dict[str, Any], model_args: dict[str, Any]) -> dict[str, Any]:
+    """What the compressed file's header holds to rebuild the model: the build_model arguments and
+    the resolved config (its pretrained path dropped: the file holds the weights)."""
+    config = {**config, "model": {**config["model"], "pretrained": None}}
+    return {"model_args": model_args, "config": config}
+
+
+def load(path: str | Path) -> torch.nn.Module:
+    """The model a compressed file (or a run dir's model.cnnc) holds, decoded, in eval mode."""
+    path = Path(path).expanduser()
+    meta, state = codec.read_file(path / MODEL_FILE if path.is_dir() else path)
+    config, args = meta["config"], meta["model_args"]
+    method = run_method(config)
+    shape = {k: args[k] for k in ("num_classes", "in_channels", "image_size")}
+    model, *_ = build_run_model(config, method, **shape)
+    method.restore(model, state)
+    model.load_state_dict(state)
+    return model.eval()

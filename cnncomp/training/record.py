@@ -113,10 +113,16 @@ class RunRecord:
     model_bytes: int | None = None
     dense_model_bytes: int | None = None
     macs: int | None = None
+    # the compressed file (model.cnnc): its bytes, against the dense model's fp32 values (4 bytes each)
+    file_bytes: int | None = None
+    file_ratio: float | None = None
+    bits_per_value: float | None = None  # coded value bits per stored value
+    file_index_bits: int | None = None  # the coded masks
     layers_summary: list[dict[str, Any]] = field(default_factory=list)
-    # how well and how fast it trained
+    # how well and how fast it trained; test_* is the model decoded from the file
     test_acc: float | None = None
     test_loss: float | None = None
+    test_acc_unquantized: float | None = None  # the model before the codec quantized it
     val_acc: float | None = None
     val_loss: float | None = None
     best_epoch: int | None = None
@@ -148,9 +154,12 @@ class RunRecord:
                 f"  parameters {self.dense_params:,} dense -> {self.stored_params:,} stored "
                 f"({self.compression_ratio:.2f}x)"
             )
-        if self.dense_model_bytes:
-            kib = self.model_bytes / 1024, self.dense_model_bytes / 1024
-            lines.append(f"  size on disk {kib[0]:.1f} KiB (dense {kib[1]:.1f} KiB)")
+        if self.file_bytes:
+            lines.append(
+                f"  compressed file {self.file_bytes / 1024:.1f} KiB, {self.file_ratio:.1f}x fewer bytes than the "
+                f"dense fp32 values ({self.bits_per_value:.2f} bits a stored value; accuracy before the codec "
+                f"{format_metric(self.test_acc_unquantized)})"
+            )
         if self.train_time_s:
             lines.append(f"  train time {self.train_time_s:.1f}s, {self.images_per_s:.0f} images/s on {self.device}")
         lines.append(f"  record: {Path(self.run_dir) / 'result.json'}")

@@ -63,7 +63,7 @@ class ScaledL1(Method):
         return lambda: self.strength * sum(v.abs().sum() for v in originals)
 
     def epoch_metrics(self, model):
-            return {"l1": sum(float(m.parametrizations.weight.original.detach().abs().sum()) for m in _layers(model))}
+        return {"l1": sum(float(m.parametrizations.weight.original.detach().abs().sum()) for m in _layers(model))}
 
 
 def _layers(model):

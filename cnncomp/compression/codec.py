@@ -1,0 +1,440 @@
+"""A compressed model's state_dict as a small file, and back: bytes on disk, as the field counts them.
+
+Deep Compression (Han, Mao & Dally, ICLR 2016) stores a pruned network as quantized values plus an
+entropy-coded index; this codec does the same for what a cnncomp state_dict stores. The stored
+values (every `….parametrizations.<p>.original*`: transform coefficients, kept weights, low-rank
+factors, frequency amplitudes) are quantized per tensor, uniformly or by k-means with a linearly
+initialized codebook (Deep Compression's best initialization), and their symbols entropy-coded with
+a categorical model of their own counts (constriction's ANS coder in place of Huffman). Boolean
+masks are coded as a bitmap or as gaps between kept positions, whichever is smaller. Everything
+else (biases, norm statistics, counters) is stored raw: floats as float16 or float32, integers as
+varints; a frequency layer's `freq` and `phase` always at float32 (the weight is sensitive to them).
+
+File layout (little-endian):
+
+    b"CNNC" | version: uint16 | header length: uint32 | header: zlib(JSON) | side bytes
+    | ANS words: uint32… | crc32: uint32
+
+The header holds the caller's `meta`, the spec, and one record per tensor in state_dict order
+(name, shape, dtype, kind, coding parameters and how many side bytes it takes); the side bytes hold
+the count tables, k-means codebooks, raw tensors and mask escapes, record after record; the ANS
+words hold every entropy-coded stream, decoded record after record. The crc32 covers everything
+before it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import constriction
+import numpy as np
+import torch
+
+from cnncomp import atomic
+from cnncomp.compression import entropy
+from cnncomp.compression.entropy import empirical_entropy_bits
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "CodecError",
+    "CodecSpec",
+    "FileStats",
+    "decode",
+    "empirical_entropy_bits",
+    "encode",
+    "quantize",
+    "read_file",
+    "write_file",
+]
+
+MAGIC = b"CNNC"
+FORMAT_VERSION = 1
+QUANTIZERS = ("uniform", "kmeans", "none")
+OTHERS = ("float16", "float32")
+_PREFIX = struct.Struct("<4sHI")  # magic, version, header length
+_CRC = struct.Struct("<I")
+_VALUES = re.compile(r"\.parametrizations\.[^.]+\.original\d*$")
+_MASK = re.compile(r"\.parametrizations\.[^.]+\.\d+\.mask$")
+_EXACT = re.compile(r"\.parametrizations\.[^.]+\.\d+\.(freq|phase)$")
+_KMEANS_ITERS = 100
+
+
+class CodecError(ValueError):
+    """A file the codec cannot read back exactly: bad magic, unknown version, failed checksum, bad records."""
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How stored values are quantized and how the other float tensors are kept.
+
+    quantizer: "uniform" (symbols round(v/step), step = value range / (2**bits - 1): a grid through
+    0, so at most 2**bits + 1 levels), "kmeans" (a codebook of 2**bits centroids fitted by Lloyd's
+    algorithm from a linear initialization over [min, max], Han et al. 2016), or "none" (float32).
+    bits: 1..16. other: "float16" or "float32" for biases, norm statistics and other float tensors.
+    """
+
+    quantizer: str = "uniform"
+    bits: int = 8
+    other: str = "float16"
+
+    def __post_init__(self):
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {self.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
+            raise ValueError(f"bits must be an integer in 1..16, got {self.bits!r}")
+        if self.other not in OTHERS:
+            raise ValueError(f"unknown other {self.other!r}; allowed: {', '.join(OTHERS)}")
+
+
+@dataclass
+class FileStats:
+    """Where a file's bytes go. value_bits: the stored values' coded symbols (raw float32 bits for
+    quantizer "none"); index_bits: the masks' coded bitmaps or gaps and their escapes; other_bits:
+    raw tensors; header_bits: the rest (magic, version, header, count tables, codebooks, coder
+    flush, checksum). The four sum to 8 * total_bytes."""
+
+    total_bytes: int
+    value_bits: int
+    index_bits: int
+    other_bits: int
+    header_bits: int
+    stored_values: int
+    tensors: dict[str, int] = field(default_factory=dict)  # bits of each tensor's coded stream or raw bytes
+
+    @property
+    def bits_per_value(self) -> float:
+        """Value bits per stored value (tables and index not included)."""
+        return self.value_bits / self.stored_values if self.stored_values else 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"bits_per_value": self.bits_per_value}
+
+
+# --- what each tensor is ------------------------------------------------------------------------------
+
+
+def tensor_kind(name: str, tensor: torch.Tensor) -> str:
+    """ "values" (stored values, quantized), "mask" (a selection's kept positions), "exact" (a
+    frequency layer's freq/phase: at least float32) or "raw"."""
+    if _VALUES.search(name) and tensor.is_floating_point():
+        return "values"
+    if _MASK.search(name) and tensor.dtype == torch.bool:
+        return "mask"
+    if _EXACT.search(name) and tensor.is_floating_point():
+        return "exact"
+    return "raw"
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _storage_dtype(dtype: torch.dtype, ceiling: torch.dtype) -> torch.dtype:
+    """A float tensor's dtype on disk: `ceiling`, unless its own dtype is narrower (then its own)."""
+    return dtype if dtype.itemsize <= ceiling.itemsize else ceiling
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    # little-endian as held in memory on every platform torch supports
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    n = math.prod(shape)
+    if len(data) != n * dtype.itemsize:
+        raise ValueError(f"{len(data)} bytes cannot hold {n} values of {dtype}")
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype) if n else torch.zeros(0, dtype=dtype)
+    return flat.reshape(shape).clone()
+
+
+# --- quantizers -------------------------------------------------------------------------------------
+
+
+def _uniform(v: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
+    """Symbols round(v/step) on a grid through 0, step = (max - min) / (2**bits - 1) as a float32."""
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    step = float(np.float32((hi - lo) / (2**bits - 1)))
+    if step == 0.0 or not math.isfinite(step):  # one value (or none): it is its own grid point
+        step = float(np.float32(abs(hi))) or 1.0
+    symbols = np.rint(v / step)
+    if symbols.size and np.abs(symbols).max() >= 2**52:
+        raise ValueError(f"uniform step {step} is too fine for values up to {max(abs(lo), abs(hi))}")
+    return symbols.astype(np.int64), {"step": step}
+
+
+def _dequantize_uniform(symbols: np.ndarray, step: float) -> np.ndarray:
+    return (symbols.astype(np.float64) * step).astype(np.float32)
+
+
+def _nearest(v: np.ndarray, sorted_centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the sorted centroids to each value (1-D: between the midpoints)."""
+    mids = (sorted_centroids[1:].astype(np.float64) + sorted_centroids[:-1]) / 2
+    return np.searchsorted(mids, v)
+
+
+def kmeans_codebook(v: np.ndarray, k: int) -> np.ndarray:
+    """Lloyd's algorithm in 1-D from k centroids spaced linearly over [min, max] (the initialization
+    Han et al. 2016 found best: it keeps the few large weights); an empty cluster keeps its centroid."""
+    centroids = np.linspace(v.min(), v.max(), k)
+    for _ in range(_KMEANS_ITERS):
+        idx = _nearest(v, centroids)  # Lloyd keeps 1-D centroids in order, so they stay sorted
+        counts = np.bincount(idx, minlength=k)
+        sums = np.bincount(idx, weights=v, minlength=k)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        if np.array_equal(new, centroids):
+            break
+        centroids = new
+    return centroids
+
+
+def _kmeans(v: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols (indices into the used centroids) and the used centroids as float32, sorted."""
+    if v.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    codebook = np.unique(kmeans_codebook(v, min(2**bits, v.size)).astype(np.float32))
+    idx = _nearest(v, codebook)
+    used, symbols = np.unique(idx, return_inverse=True)  # unused centroids are not stored
+    return symbols.astype(np.int64).ravel(), codebook[used]
+
+
+# --- encoding plans -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """One tensor as the file stores it: its header record, side bytes, coded stream, decoded tensor."""
+
+    record: dict
+    side: bytes
+    stream: entropy.Stream | None
+    decoded: torch.Tensor
+    bits_kind: str  # "value", "index" or "other": which FileStats field its coded bits go to
+    side_bits: int = 0  # bits of `side` that are payload rather than table (raw values, escapes)
+
+
+def _plan_values(t: torch.Tensor, spec: CodecSpec, record: dict) -> _Plan:
+    if spec.quantizer == "none":
+        store = _storage_dtype(t.dtype, torch.float32)
+        data = _tensor_bytes(t.to(store))
+        record.update(quantizer="none", store=str(store))
+        decoded = t.to(store).to(t.dtype).clone()
+        return _Plan(record, data, None, decoded, "value", 8 * len(data))
+    v = t.detach().cpu().to(torch.float64).numpy().ravel()
+    if not np.isfinite(v).all():
+        raise ValueError(f"{record['name']}: stored values must be finite to quantize (quantizer 'none' keeps any)")
+    if spec.quantizer == "uniform":
+        symbols, params = _uniform(v, spec.bits)
+        record.update(quantizer="uniform", **params)
+        deq, codebook_bytes = _dequantize_uniform(symbols, params["step"]), b""
+    else:
+        symbols, codebook = _kmeans(v, spec.bits)
+        record.update(quantizer="kmeans", codebook=int(codebook.size))
+        deq, codebook_bytes = codebook[symbols], codebook.astype("<f4").tobytes()
+    stream = entropy.Stream.of(symbols)
+    decoded = torch.from_numpy(deq).to(t.dtype).reshape(t.shape)
+    return _Plan(record, codebook_bytes + stream.table.to_bytes(), stream, decoded, "value")
+
+
+def _plan_mask(t: torch.Tensor, record: dict) -> _Plan:
+    flat = t.detach().cpu().numpy().ravel()
+    code = entropy.code_mask(flat)
+    record.update(kept=int(flat.sum()), **code.header())
+    side = entropy.mask_side(code)
+    return _Plan(record, side, code.stream, t.detach().cpu().clone(), "index", 8 * len(code.side))
+
+
+def _plan_raw(t: torch.Tensor, kind: str, spec: CodecSpec, record: dict) -> _Plan:
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        store = _storage_dtype(t.dtype, torch.float32 if kind == "exact" else _dtype(spec.other))
+        data, decoded = _tensor_bytes(t.to(store)), t.to(store).to(t.dtype).clone()
+        record.update(store=str(store))
+    elif t.dtype == torch.bool:
+        data, decoded = np.packbits(t.numpy().ravel(), bitorder="little").tobytes(), t.clone()
+        record.update(store="bits")
+    elif not t.is_complex() and t.dtype != torch.uint64 and t.dtype.itemsize <= 8:
+        # counters (num_batches_tracked) and indices are small: a zigzag varint each
+        data, decoded = entropy.varints(entropy.zigzag(t.to(torch.int64).numpy().ravel())), t.clone()
+        record.update(store="varint")
+    else:
+        data, decoded = _tensor_bytes(t), t.clone()
+        record.update(store=str(t.dtype))
+    return _Plan(record, data, None, decoded, "other", 8 * len(data))
+
+
+def _plan(name: str, t: torch.Tensor, spec: CodecSpec) -> _Plan:
+    kind = tensor_kind(name, t)
+    record = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype), "kind": kind}
+    if kind == "values":
+        return _plan_values(t.detach().cpu(), spec, record)
+    if kind == "mask":
+        return _plan_mask(t, record)
+    return _plan_raw(t, kind, spec, record)
+
+
+def _plans(state_dict: dict[str, torch.Tensor], spec: CodecSpec) -> list[_Plan]:
+    plans = []
+    for name, t in state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}: the codec stores tensors only, got {type(t).__name__}")
+        plans.append(_plan(name, t, spec))
+    return plans
+
+
+def quantize(state_dict: dict[str, torch.Tensor], spec: CodecSpec | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict exactly as a file written with `spec` decodes (CPU tensors): evaluate the
+    decoded model without writing a file."""
+    return {p.record["name"]: p.decoded for p in _plans(state_dict, spec or CodecSpec())}
+
+
+# --- the file -------------------------------------------------------------------------------------------
+
+
+def encode(
+    state_dict: dict[str, torch.Tensor], meta: dict | None = None, spec: CodecSpec | None = None
+) -> tuple[bytes, FileStats]:
+    """The file's bytes for `state_dict` with `meta` (JSON-serializable), and where they go."""
+    spec = spec or CodecSpec()
+    plans = _plans(state_dict, spec)
+    coder = constriction.stream.stack.AnsCoder()
+    coded = [0] * len(plans)
+    for i in reversed(range(len(plans))):  # a stack: pushed last to first, decoded first to last
+        if plans[i].stream is not None:
+            coded[i] = plans[i].stream.encode(coder)
+    words = coder.get_compressed().astype("<u4").tobytes()
+    records = [p.record | {"side": len(p.side)} for p in plans]
+    header = {"meta": meta or {}, "spec": asdict(spec), "records": records, "ans_words": len(words) // 4}
+    try:
+        header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), 9)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"meta must be JSON-serializable: {err}") from err
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(p.side for p in plans)
+    body += words
+    data = body + _CRC.pack(zlib.crc32(body))
+    return data, _stats(plans, coded, len(data))
+
+
+def _stats(plans: list[_Plan], coded: list[int], total_bytes: int) -> FileStats:
+    bits = {"value": 0, "index": 0, "other": 0}
+    tensors = {}
+    for plan, c in zip(plans, coded, strict=True):
+        tensors[plan.record["name"]] = c + plan.side_bits
+        bits[plan.bits_kind] += c + plan.side_bits
+    stored = sum(math.prod(p.record["shape"]) for p in plans if p.record["kind"] == "values")
+    header = 8 * total_bytes - sum(bits.values())
+    return FileStats(total_bytes, bits["value"], bits["index"], bits["other"], header, stored, tensors)
+
+
+def write_file(
+    path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict | None = None, spec: CodecSpec | None = None
+) -> FileStats:
+    """Write `state_dict` and `meta` to `path` atomically; returns the file's `FileStats`."""
+    data, stats = encode(state_dict, meta, spec)
+    atomic.write_bytes(path, data)
+    return stats
+
+
+def read_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state_dict) of a file written by `write_file`; CodecError (naming the file) if it is not one."""
+    return decode(Path(path).read_bytes(), str(path))
+
+
+def _check_frame(data: bytes, source: str) -> tuple[int, int]:
+    """(version, header length) after checking magic, version and checksum."""
+    if len(data) < _PREFIX.size + _CRC.size:
+        raise CodecError(f"{source}: {len(data)} bytes is too short for a cnncomp codec file")
+    magic, version, header_len = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise CodecError(f"{source}: bad magic {magic!r}, expected {MAGIC!r} (not a cnncomp codec file)")
+    # the version comes before the checksum: a newer format may frame its bytes differently
+    if version > FORMAT_VERSION:
+        raise CodecError(
+            f"{source}: format version {version} is newer than this codec's version {FORMAT_VERSION}; "
+            "read it with a newer cnncomp"
+        )
+    if version < 1:
+        raise CodecError(f"{source}: unknown format version {version} (this codec reads 1..{FORMAT_VERSION})")
+    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(data[: -_CRC.size]) != crc:
+        raise CodecError(f"{source}: checksum mismatch (the file is truncated or altered)")
+    return version, header_len
+
+
+def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state_dict) from a file's bytes; CodecError naming `source` for anything but an exact file."""
+    _, header_len = _check_frame(data, source)
+    try:
+        start = _PREFIX.size + header_len
+        header = json.loads(zlib.decompress(data[_PREFIX.size : start]))
+        side_len = sum(r["side"] for r in header["records"])
+        words = data[start + side_len : len(data) - _CRC.size]
+        if len(words) != 4 * header["ans_words"]:
+            raise ValueError(f"{len(words)} bytes of coded words, the header says {header['ans_words']} words")
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+        side = data[start : start + side_len]
+        state_dict, pos = {}, 0
+        for record in header["records"]:
+            chunk = side[pos : pos + record["side"]]
+            pos += record["side"]
+            state_dict[record["name"]] = _decode_record(record, entropy.Reader(chunk), coder)
+        if not coder.is_empty():
+            raise ValueError("coded words left over after the last tensor")
+    except CodecError:
+        raise
+    except Exception as err:  # any inconsistency is a bad file, never a wrong state_dict
+        raise CodecError(f"{source}: cannot decode: {err}") from err
+    return header["meta"], state_dict
+
+
+def _decode_record(record: dict, reader: entropy.Reader, coder) -> torch.Tensor:
+    shape, dtype, kind = record["shape"], _dtype(record["dtype"]), record["kind"]
+    n = math.prod(shape)
+    if kind == "values":
+        tensor = _decode_values(record, reader, coder, n, dtype)
+    elif kind == "mask":
+        flat = entropy.decode_mask(coder, reader, record["index"], record["escape"], n, record["kept"])
+        tensor = torch.from_numpy(flat)
+    else:
+        tensor = _decode_raw(record, reader, n, dtype)
+    if not reader.at_end():
+        raise ValueError(f"{record['name']}: {len(reader.data) - reader.pos} side bytes left over")
+    return tensor.reshape(shape)
+
+
+def _decode_values(record: dict, reader: entropy.Reader, coder, n: int, dtype: torch.dtype) -> torch.Tensor:
+    quantizer = record["quantizer"]
+    if quantizer == "none":
+        store = _dtype(record["store"])
+        return _tensor_from_bytes(reader.take(n * store.itemsize), store, [n]).to(dtype)
+    if quantizer == "uniform":
+        symbols = entropy.decode_stream(coder, entropy.Table.read(reader), n)
+        return torch.from_numpy(_dequantize_uniform(symbols, record["step"])).to(dtype)
+    if quantizer == "kmeans":
+        codebook = np.frombuffer(reader.take(4 * record["codebook"]), dtype="<f4").astype(np.float32)
+        symbols = entropy.decode_stream(coder, entropy.Table.read(reader), n)
+        if symbols.size and (symbols.min() < 0 or symbols.max() >= codebook.size):
+            raise ValueError(f"{record['name']}: symbols outside the codebook of {codebook.size}")
+        return torch.from_numpy(codebook[symbols]).to(dtype)
+    raise ValueError(f"{record['name']}: unknown quantizer {quantizer!r}")
+
+
+def _decode_raw(record: dict, reader: entropy.Reader, n: int, dtype: torch.dtype) -> torch.Tensor:
+    store = record["store"]
+    if store == "bits":
+        bits = np.unpackbits(np.frombuffer(reader.take((n + 7) // 8), np.uint8), count=n, bitorder="little")
+        return torch.from_numpy(bits.astype(bool))
+    if store == "varint":
+        values = entropy.unzigzag(reader.varints(n))
+        return torch.from_numpy(values).to(dtype)
+    stored = _dtype(store)
+    return _tensor_from_bytes(reader.take(n * stored.itemsize), stored, [n]).to(dtype)

@@ -1,0 +1,277 @@
+"""Entropy coding for the codec: symbol streams and boolean masks through constriction's ANS coder.
+
+Every stream is coded with a categorical model fitted to its own symbol counts (the static
+entropy-coding stage of Deep Compression, Han et al., ICLR 2016, with ANS, Duda 2013, in place of
+Huffman: within a fraction of a percent of the empirical entropy instead of up to 1 bit a symbol).
+The count table travels beside the stream as varints. Masks are coded either as their bitmap under
+a two-symbol model or as the gaps between kept positions, whichever is smaller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+
+
+def empirical_entropy_bits(symbols: np.ndarray) -> float:
+    """Σ -log2 p(s) over `symbols`, p the symbols' own frequencies: what an ideal static coder spends."""
+    symbols = np.asarray(symbols).ravel()
+    if symbols.size == 0:
+        return 0.0
+    _, counts = np.unique(symbols, return_counts=True)
+    counts = counts.astype(np.float64)
+    return float(-(counts * np.log2(counts / symbols.size)).sum())
+
+
+# --- varints (LEB128) and a reader over the side bytes --------------------------------------------
+
+
+def zigzag(values: np.ndarray) -> np.ndarray:
+    """Signed -> unsigned (0, -1, 1, -2, … -> 0, 1, 2, 3, …), so small magnitudes give short varints."""
+    v = np.asarray(values, dtype=np.int64)
+    return ((v << 1) ^ (v >> 63)).view(np.uint64)
+
+
+def unzigzag(values: np.ndarray) -> np.ndarray:
+    u = np.asarray(values, dtype=np.uint64)
+    return ((u >> np.uint64(1)).astype(np.int64)) ^ -((u & np.uint64(1)).astype(np.int64))
+
+
+def varints(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of each value: 7 bits a byte, the high bit says another byte follows."""
+    out = bytearray()
+    for v in np.asarray(values, dtype=np.uint64).tolist():
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+class Reader:
+    """Sequential reads from a bytes object; any read past the end raises EOFError."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise EOFError(f"read of {n} bytes at {self.pos} runs past {len(self.data)}")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            (byte,) = self.take(1)
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint longer than 64 bits")
+
+    def varints(self, n: int) -> np.ndarray:
+        return np.array([self.varint() for _ in range(n)], dtype=np.uint64)
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
+
+# --- count tables -----------------------------------------------------------------------------------
+
+COUNT_STEPS = 8  # count codes per octave: a stored count is within 2^(1/16) - 1 = 4.4 % of the true one
+
+
+def count_codes(counts: np.ndarray) -> np.ndarray:
+    """Counts as log-scale codes (0: absent, k ≥ 1: 2^((k-1)/COUNT_STEPS)): one byte each where exact
+    counts take two. The model loses KL(p‖q) < 0.001 bits a symbol for the 4.4 % count error."""
+    counts = np.asarray(counts, dtype=np.float64)
+    codes = np.zeros(counts.shape, dtype=np.int64)
+    present = counts > 0
+    codes[present] = np.rint(np.log2(counts[present]) * COUNT_STEPS).astype(np.int64) + 1
+    return codes
+
+
+def code_weights(codes: np.ndarray) -> np.ndarray:
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.where(codes > 0, np.exp2((codes - 1) / COUNT_STEPS), 0.0)
+
+
+@dataclass
+class Table:
+    """The symbols a stream may use (sorted) with their count codes: the stream's categorical model.
+
+    Written either sparse (the symbols present, as gaps) or dense (a range of symbols, absent ones
+    with code 0), whichever is shorter; the decoder rebuilds the same model from the same codes."""
+
+    alphabet: np.ndarray  # int64, sorted, unique
+    codes: np.ndarray  # int64 count codes (`count_codes`)
+
+    @classmethod
+    def of(cls, symbols: np.ndarray) -> Table:
+        alphabet, counts = np.unique(np.asarray(symbols, dtype=np.int64), return_counts=True)
+        if alphabet.size > 1 and alphabet[-1] - alphabet[0] + 1 <= 2 * alphabet.size:
+            # dense over the range when that is no longer than the gaps between present symbols
+            span = np.arange(alphabet[0], alphabet[-1] + 1, dtype=np.int64)
+            dense = np.zeros(span.size, dtype=np.int64)
+            dense[alphabet - alphabet[0]] = counts
+            if span.size <= alphabet.size + len(varints(np.diff(alphabet) - 1)):
+                alphabet, counts = span, dense
+        return cls(alphabet, count_codes(counts))
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.alphabet[self.codes > 0]
+
+    def dense(self) -> bool:
+        return self.alphabet.size > 1 and bool((np.diff(self.alphabet) == 1).all()) and not (self.codes > 0).all()
+
+    def to_bytes(self) -> bytes:
+        """Varints: size, layout (0 sparse, 1 dense), first symbol (zigzag), [sparse: gaps - 1], codes."""
+        n = len(self.alphabet)
+        if n == 0:
+            return varints([0])
+        dense = self.dense()
+        head = varints(np.array([n, int(dense), int(zigzag(self.alphabet[:1])[0])], dtype=np.uint64))
+        gaps = b"" if dense else varints(np.diff(self.alphabet) - 1)
+        return head + gaps + varints(self.codes)
+
+    @classmethod
+    def read(cls, reader: Reader) -> Table:
+        n = reader.varint()
+        if n == 0:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        dense = reader.varint()
+        first = int(unzigzag(np.array([reader.varint()]))[0])
+        gaps = np.zeros(n - 1, np.int64) if dense else reader.varints(n - 1).astype(np.int64)
+        alphabet = first + np.concatenate([[0], np.cumsum(gaps + 1)]).astype(np.int64)
+        return cls(alphabet, reader.varints(n).astype(np.int64))
+
+    def model(self):
+        # the decoder rebuilds this from the same integer codes, so both sides hold the same model
+        return constriction.stream.model.Categorical(code_weights(self.codes), perfect=False)
+
+
+# --- symbol streams -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """Symbols to push on the shared ANS stack, with their table."""
+
+    table: Table
+    indices: np.ndarray  # int32 positions of the symbols in table.alphabet
+
+    @classmethod
+    def of(cls, symbols: np.ndarray) -> Stream:
+        table = Table.of(symbols)
+        indices = np.searchsorted(table.alphabet, np.asarray(symbols, dtype=np.int64)).astype(np.int32)
+        return cls(table, indices)
+
+    def encode(self, coder) -> int:
+        """Push onto `coder` (an AnsCoder; streams go on in reverse order); returns the bits it added.
+
+        A stream of one distinct symbol costs nothing: its table says it all (and a one-symbol
+        categorical model cannot be built)."""
+        if len(self.table.present) <= 1:
+            return 0
+        before = coder.num_valid_bits()
+        coder.encode_reverse(self.indices, self.table.model())
+        return coder.num_valid_bits() - before
+
+
+def decode_stream(coder, table: Table, n: int) -> np.ndarray:
+    """The `n` symbols of a stream coded by `Stream.encode` with `table` (int64)."""
+    if n == 0:
+        return np.zeros(0, np.int64)
+    present = table.present
+    if len(present) == 0:
+        raise ValueError(f"an empty table cannot give {n} symbols")
+    if len(present) == 1:
+        return np.full(n, present[0], dtype=np.int64)
+    return table.alphabet[coder.decode(table.model(), n).astype(np.int64)]
+
+
+def estimate_bits(symbols: np.ndarray) -> float:
+    """The bits a stream of `symbols` costs with its table (empirical entropy + table bytes)."""
+    return empirical_entropy_bits(symbols) + 8 * len(Table.of(symbols).to_bytes())
+
+
+# --- masks ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskCode:
+    """How a mask is coded: `index` "bitmap" or "gaps" (with `escape` T: gaps ≥ T are coded as the
+    symbol T and their excess g - T as a varint in `side`), the stream and the side bytes (table, escapes)."""
+
+    index: str
+    escape: int
+    stream: Stream
+    side: bytes
+
+    def header(self) -> dict:
+        return {"index": self.index, "escape": self.escape}
+
+
+def _gap_symbols(gaps: np.ndarray, escape: int) -> tuple[np.ndarray, bytes]:
+    excess = gaps[gaps >= escape] - escape
+    return np.minimum(gaps, escape), varints(excess)
+
+
+def _escape_candidates(gaps: np.ndarray) -> list[int]:
+    # powers of two up to the largest gap, and the table that needs no escape at all
+    top = int(gaps.max()) + 1 if gaps.size else 1
+    return sorted({2**j for j in range(max(1, math.ceil(math.log2(top))) + 1) if 2**j < top} | {top})
+
+
+def code_mask(mask: np.ndarray) -> MaskCode:
+    """The cheaper of the mask's bitmap (two-symbol model, ≈ n·H(k/n) bits: optimal for a random
+    mask) and its gaps between kept positions in row-major order (structured masks: runs, blocks)."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    bitmap = flat.astype(np.int64)
+    best = MaskCode("bitmap", 0, Stream.of(bitmap), b"")
+    best_bits = estimate_bits(bitmap)
+    positions = np.flatnonzero(flat)
+    if positions.size == 0:
+        return best
+    gaps = np.diff(np.concatenate([[-1], positions])) - 1
+    for escape in _escape_candidates(gaps):
+        symbols, excess = _gap_symbols(gaps, escape)
+        bits = estimate_bits(symbols) + 8 * len(excess)
+        if bits < best_bits:
+            best, best_bits = MaskCode("gaps", escape, Stream.of(symbols), excess), bits
+    return best
+
+
+def mask_side(code: MaskCode) -> bytes:
+    """The side bytes of a coded mask: its table, then (gaps) the escapes' excesses."""
+    return code.stream.table.to_bytes() + code.side
+
+
+def decode_mask(coder, reader: Reader, index: str, escape: int, numel: int, kept: int) -> np.ndarray:
+    """The flat boolean mask of `numel` entries, `kept` of them True, from `code_mask`'s coding."""
+    table = Table.read(reader)
+    if index == "bitmap":
+        flat = decode_stream(coder, table, numel).astype(bool)
+        if int(flat.sum()) != kept:
+            raise ValueError(f"mask bitmap keeps {int(flat.sum())} entries, the header says {kept}")
+        return flat
+    if index != "gaps":
+        raise ValueError(f"unknown mask index coding {index!r}")
+    gaps = decode_stream(coder, table, kept)
+    escaped = gaps == escape
+    if escaped.any():
+        gaps = gaps.copy()
+        gaps[escaped] += reader.varints(int(escaped.sum())).astype(np.int64)
+    positions = np.cumsum(gaps + 1) - 1
+    if kept and (gaps.min() < 0 or positions[-1] >= numel):
+        raise ValueError(f"mask gaps run past {numel} entries")
+    flat = np.zeros(numel, dtype=bool)
+    flat[positions] = True
+    return flat

@@ -1,0 +1,295 @@
+"""The codec: a compressed state_dict to a small file and back, bit-exactly, at near-entropy size."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cnncomp.compression import compress_model, sparse_vd
+from cnncomp.compression import entropy as ent
+from cnncomp.compression.codec import (
+    FORMAT_VERSION,
+    CodecError,
+    CodecSpec,
+    empirical_entropy_bits,
+    encode,
+    quantize,
+    read_file,
+    tensor_kind,
+    write_file,
+)
+from cnncomp.models import build_model
+
+CASES = {
+    "magnitude": dict(kernel="dct", keep=0.25, method="transform", selection="magnitude"),
+    "lowrank": dict(kernel="identity", keep=0.25, method="lowrank"),
+    "frequency": dict(kernel="dct", keep=0.25, method="frequency"),
+    "sparse_vd": dict(kernel="identity", keep=0.1, method="sparse_vd"),
+}
+SPECS = [CodecSpec(q, b) for q in ("uniform", "kmeans") for b in (8, 4)] + [CodecSpec("none", other="float32")]
+
+
+def compressed_lenet(case: str, seed: int = 0) -> torch.nn.Module:
+    """LeNet compressed as `case` says (sparse VD: pruned), the same for the same seed."""
+    torch.manual_seed(seed)
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    compress_model(model, layers="all", **CASES[case])
+    if case == "sparse_vd":
+        with torch.no_grad():  # a trained-looking spread of θ so that pruning keeps a mix
+            for m in model.modules():
+                if hasattr(m, "parametrizations"):
+                    m.parametrizations.weight[0].log_sigma2.uniform_(-12.0, 4.0)
+        sparse_vd.prune(model)
+    return model.eval()
+
+
+def outputs(model: torch.nn.Module, state_dict: dict) -> torch.Tensor:
+    model.load_state_dict(state_dict)
+    with torch.no_grad():
+        return model(torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.quantizer}{s.bits}")
+@pytest.mark.parametrize("case", list(CASES))
+def test_round_trip_is_quantize_bit_for_bit(case, spec, tmp_path):
+    model = compressed_lenet(case)
+    sd = model.state_dict()
+    meta = {"model": "lenet", "args": {"num_classes": 10}, "compression": CASES[case]}
+    path = tmp_path / "model.cnnc"
+    stats = write_file(path, sd, meta, spec)
+    got_meta, decoded = read_file(path)
+    expected = quantize(sd, spec)
+    assert got_meta == meta
+    assert list(decoded) == list(sd) == list(expected)
+    for name in sd:
+        assert decoded[name].dtype == sd[name].dtype and decoded[name].shape == sd[name].shape, name
+        assert torch.equal(decoded[name], expected[name]), name
+    assert path.stat().st_size == stats.total_bytes
+    assert stats.value_bits + stats.index_bits + stats.other_bits + stats.header_bits == 8 * stats.total_bytes
+    assert stats.header_bits > 0 and stats.stored_values == sum(
+        t.numel() for n, t in sd.items() if tensor_kind(n, t) == "values"
+    )
+    # the decoded file and quantize() give the same model, bit for bit
+    assert torch.equal(outputs(compressed_lenet(case), decoded), outputs(compressed_lenet(case), expected))
+    if spec.quantizer != "none" and case != "frequency":  # frequency layers: freq/phase stay float32
+        assert stats.total_bytes < sum(t.numel() * t.element_size() for t in sd.values()) / 2
+
+
+def test_uniform_8_bits_is_within_half_a_step():
+    sd = compressed_lenet("magnitude").state_dict()
+    q = quantize(sd, CodecSpec("uniform", 8))
+    for name, t in sd.items():
+        if tensor_kind(name, t) != "values":
+            continue
+        step = float(np.float32((t.max() - t.min()).item() / 255))
+        err = (q[name].double() - t.double()).abs().max().item()
+        assert err <= step / 2 * (1 + 1e-6) + 1e-7 * t.abs().max().item(), name
+        assert err > 0  # it did quantize
+
+
+@pytest.mark.parametrize("bits", [1, 3, 5])
+def test_kmeans_uses_at_most_2_to_the_bits_values(bits):
+    sd = compressed_lenet("lowrank").state_dict()
+    q = quantize(sd, CodecSpec("kmeans", bits))
+    for name, t in sd.items():
+        if tensor_kind(name, t) == "values":
+            assert q[name].unique().numel() <= min(2**bits, t.numel()), name
+
+
+def test_kmeans_beats_uniform_error_at_equal_bits():
+    # k-means places levels where the values are (Han et al. 2016): less squared error than a uniform grid
+    t = compressed_lenet("lowrank").state_dict()["classifier.0.parametrizations.weight.original0"]
+    err = {
+        q: (
+            quantize({"x.parametrizations.weight.original": t}, CodecSpec(q, 4))["x.parametrizations.weight.original"]
+            - t
+        )
+        .pow(2)
+        .sum()
+        for q in ("uniform", "kmeans")
+    }
+    assert err["kmeans"] < err["uniform"]
+
+
+def test_none_keeps_values_and_other_float16_rounds_the_rest():
+    sd = compressed_lenet("frequency").state_dict()
+    q = quantize(sd, CodecSpec("none", other="float16"))
+    for name, t in sd.items():
+        kind = tensor_kind(name, t)
+        if kind in ("values", "exact"):  # stored values and freq/phase: float32 exactly
+            assert torch.equal(q[name], t), name
+        else:
+            assert torch.equal(q[name], t.half().float()), name
+    assert any(tensor_kind(n, t) == "exact" for n, t in sd.items())
+    q32 = quantize(sd, CodecSpec("uniform", other="float32"))
+    assert all(torch.equal(q32[n], t) for n, t in sd.items() if tensor_kind(n, t) in ("raw", "exact"))
+
+
+def test_any_dtype_round_trips(tmp_path):
+    sd = {
+        "a.frozen": torch.tensor(True),
+        "a.fixed": torch.rand(5, 7) > 0.5,
+        "bn.num_batches_tracked": torch.tensor(123456789012, dtype=torch.int64),
+        "ints": torch.tensor([-3, 0, 2**31, -(2**40)], dtype=torch.int64),
+        "small": torch.arange(-4, 4, dtype=torch.int8),
+        "f64": torch.randn(3, dtype=torch.float64),
+        "bf16": torch.randn(4).bfloat16(),
+        "empty": torch.zeros(0, 3),
+        "l.parametrizations.weight.original": torch.full((6,), 0.5),  # one distinct value: no coded bits
+        "m.parametrizations.weight.original": torch.zeros(0),
+        "m.parametrizations.weight.0.mask": torch.zeros(4, 4, dtype=torch.bool),
+        "n.parametrizations.weight.0.mask": torch.ones(9, dtype=torch.bool),
+    }
+    for spec in (CodecSpec(), CodecSpec("kmeans", 2), CodecSpec("none")):
+        write_file(tmp_path / "x.cnnc", sd, {}, spec)
+        _, decoded = read_file(tmp_path / "x.cnnc")
+        expected = quantize(sd, spec)
+        for name, t in sd.items():
+            assert decoded[name].dtype == t.dtype and decoded[name].shape == t.shape, name
+            assert torch.equal(decoded[name], expected[name]), name
+            if t.dtype in (torch.bool, torch.int64, torch.int8, torch.bfloat16) or "original" in name:
+                assert torch.equal(decoded[name], t), name
+
+
+def test_non_finite_values_cannot_be_quantized():
+    sd = {"l.parametrizations.weight.original": torch.tensor([1.0, float("nan")])}
+    with pytest.raises(ValueError, match="finite"):
+        quantize(sd, CodecSpec())
+    assert quantize(sd, CodecSpec("none"))["l.parametrizations.weight.original"].isnan().any()
+
+
+@pytest.fixture
+def written(tmp_path):
+    path = tmp_path / "model.cnnc"
+    write_file(path, compressed_lenet("magnitude").state_dict(), {"model": "lenet"}, CodecSpec())
+    return path
+
+
+def test_truncated_file_is_refused(written):
+    data = written.read_bytes()
+    for cut in (1, 5, len(data) // 2, len(data) - 3):
+        written.write_bytes(data[:-cut])
+        with pytest.raises(CodecError, match=str(written)):
+            read_file(written)
+
+
+@pytest.mark.parametrize("where", [0.5, 0.9, -5])
+def test_flipped_byte_is_refused(written, where):
+    data = bytearray(written.read_bytes())
+    i = int(where * len(data)) if where > 0 else len(data) + where
+    data[i] ^= 0x10
+    written.write_bytes(bytes(data))
+    with pytest.raises(CodecError, match=f"{written}.*checksum"):
+        read_file(written)
+
+
+def test_wrong_magic_is_refused(written):
+    data = written.read_bytes()
+    written.write_bytes(b"PK\x03\x04" + data[4:])
+    with pytest.raises(CodecError, match=f"{written}.*magic"):
+        read_file(written)
+
+
+def test_newer_version_is_refused_naming_both(written):
+    data = bytearray(written.read_bytes())
+    data[4:6] = (FORMAT_VERSION + 1).to_bytes(2, "little")
+    written.write_bytes(bytes(data))
+    with pytest.raises(CodecError, match=f"version {FORMAT_VERSION + 1}.*version {FORMAT_VERSION}"):
+        read_file(written)
+
+
+def test_value_coder_is_within_2_percent_of_entropy_on_trained_weights(make_cfg, quick, tmp_path):
+    from cnncomp.train import train  # the training stack only for this test
+
+    overrides = ["kernel=identity", "method.selection=magnitude", "kernel.keep=0.1", "trainer.max_epochs=2"]
+    train(make_cfg(quick + overrides), tmp_path)
+    sd = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    for spec in (CodecSpec("uniform", 8), CodecSpec("uniform", 4), CodecSpec("kmeans", 6)):
+        _, stats = encode(sd, {}, spec)
+        coded = entropy_bits = 0.0
+        for name, t in sd.items():
+            if tensor_kind(name, t) != "values":
+                continue
+            symbols = _symbols(t, spec)
+            entropy_bits += empirical_entropy_bits(symbols)
+            coded += stats.tensors[name]
+        assert entropy_bits > 1000
+        assert 0.999 * entropy_bits <= coded <= 1.02 * entropy_bits, (spec, coded, entropy_bits)
+        assert coded == stats.value_bits
+
+
+def _symbols(t: torch.Tensor, spec: CodecSpec) -> np.ndarray:
+    """The symbols the codec codes for a values tensor: one per distinct dequantized value."""
+    q = quantize({"x.parametrizations.weight.original": t}, spec)["x.parametrizations.weight.original"]
+    return np.unique(q.numpy(), return_inverse=True)[1]
+
+
+def _binary_entropy(p: float) -> float:
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def _coded_mask_bits(mask: np.ndarray) -> tuple[str, int]:
+    """(index coding, bits on the ANS stack + side bytes) for a mask coded alone."""
+    import constriction
+
+    code = ent.code_mask(mask)
+    coder = constriction.stream.stack.AnsCoder()
+    return code.index, code.stream.encode(coder) + 8 * len(ent.mask_side(code))
+
+
+def test_random_mask_codes_near_its_entropy():
+    n, p = 100_000, 0.05
+    mask = np.random.default_rng(0).random(n) < p
+    index, bits = _coded_mask_bits(mask)
+    ideal = n * _binary_entropy(mask.mean())
+    assert index == "bitmap"
+    assert ideal <= bits <= 1.03 * ideal
+    assert bits < 0.4 * mask.sum() * math.ceil(math.log2(n))  # far below a list of positions
+
+
+def test_structured_masks_pick_the_smaller_representation():
+    # a block (the top-left 8x8 of 64x64) is a few long gaps; a dense mask, a bitmap of rare zeros
+    block = np.zeros((64, 64), dtype=bool)
+    block[:8, :8] = True
+    index, bits = _coded_mask_bits(block)
+    assert index == "gaps" and bits < 0.25 * block.size * _binary_entropy(block.mean())
+    dense = np.random.default_rng(1).random(20_000) < 0.9
+    index, bits = _coded_mask_bits(dense)
+    assert index == "bitmap" and bits <= 1.03 * dense.size * _binary_entropy(dense.mean())
+    for mask in (block, dense):
+        code = ent.code_mask(mask)
+        other = "gaps" if code.index == "bitmap" else "bitmap"
+        positions = np.flatnonzero(mask.ravel())
+        gaps = np.diff(np.concatenate([[-1], positions])) - 1
+        alt = ent.estimate_bits(mask.ravel().astype(np.int64)) if other == "bitmap" else ent.estimate_bits(gaps)
+        assert _coded_mask_bits(mask)[1] <= alt * 1.01 + 64, other
+
+
+def test_masks_decode_exactly():
+    import constriction
+
+    rng = np.random.default_rng(2)
+    for mask in (rng.random(3000) < 0.01, rng.random(3000) < 0.6, np.arange(3000) % 97 == 0):
+        code = ent.code_mask(mask)
+        coder = constriction.stream.stack.AnsCoder()
+        code.stream.encode(coder)
+        reader = ent.Reader(ent.mask_side(code))
+        decoder = constriction.stream.stack.AnsCoder(coder.get_compressed())
+        flat = ent.decode_mask(decoder, reader, code.index, code.escape, mask.size, int(mask.sum()))
+        assert np.array_equal(flat, mask) and reader.at_end()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [({"quantizer": "huffman"}, "huffman"), ({"bits": 0}, "0"), ({"bits": 17}, "17"), ({"other": "int8"}, "int8")],
+)
+def test_bad_spec_names_the_value(kwargs, bad):
+    with pytest.raises(ValueError, match=bad):
+        CodecSpec(**kwargs)
+
+
+def test_empirical_entropy():
+    assert empirical_entropy_bits(np.array([0, 1, 0, 1])) == pytest.approx(4.0)
+    assert empirical_entropy_bits(np.array([7, 7, 7])) == 0.0
+    assert empirical_entropy_bits(np.zeros(0)) == 0.0

@@ -66,6 +66,8 @@ def record(kernel, layers, acc, ratio, status="completed", error=None, ended="20
         "stored_params": round(1000 / ratio),
         "compression_ratio": ratio,
         "model_bytes": 4000 / ratio,
+        "file_bytes": 1000 / ratio,
+        "file_ratio": 4 * ratio,
         "images_per_s": 1234.5,
         "ended_at": ended,
         "config": {"not": "in the csv"},
@@ -135,8 +137,8 @@ def test_report_of_a_crafted_sweep(crafted):
 
     md = (crafted / "report.md").read_text()
     assert "**6 completed, 2 failed/diverged/interrupted, 4 missing** (1 of them started)" in md
-    assert "| dct | linear | 0.25 | completed | 91.00 | +1.00 | 333 | – | 3.00× | 3.00× | 1.3 KiB | 1,234 | ★ |" in md
-    assert "| dst | linear | 0.25 | completed | 88.00 | -2.00 | 333 | – | 3.00× | 3.00× | 1.3 KiB | 1,234 |  |" in md
+    assert "| dct | linear | 0.25 | completed | 91.00 | +1.00 | 333 | – | 3.00× | 3.00× | 0.3 KiB | 12.0× | 1,234 | ★ |" in md
+    assert "| dst | linear | 0.25 | completed | 88.00 | -2.00 | 333 | – | 3.00× | 3.00× | 0.3 KiB | 12.0× | 1,234 |  |" in md
     assert "RuntimeError: boom" in md and "non-finite loss in epoch 1" in md
     assert "`kernel=none model=lenet trainer.max_epochs=2 layers=conv` (started, no result yet)" in md
     assert "`kernel=dst model=lenet trainer.max_epochs=2 layers=all`" in md

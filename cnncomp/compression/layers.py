@@ -91,6 +91,9 @@ def compress_module(
         raise ValueError(f"cannot compress {reason}; compress_model leaves such layers dense and says so")
     if parametrize.is_parametrized(module, "weight"):
         raise ValueError(f"{type(module).__name__} weight is already parametrized; compress a dense module")
+    name = method if isinstance(method, str) else method.name
+    if name != "transform" and selection != "block":
+        raise ValueError(f"selection={selection!r} is the transform method's option, not method={name}'s")
     if isinstance(method, str):
         method = build_method(method, **({"selection": selection} if method == "transform" else {}), **options)
     elif options:

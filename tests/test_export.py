@@ -1,5 +1,6 @@
 """`python -m cnncomp.export`: the decoded model as the file itself, a folded state_dict, or ONNX."""
 
+import json
 import subprocess
 import sys
 
@@ -53,3 +54,15 @@ def test_a_missing_file_or_format_is_a_clear_error(tmp_path, capsys, root):
     run = subprocess.run([sys.executable, "-m", "cnncomp.export", str(tmp_path), "--format", "tflite"],
                          cwd=root, capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 2 and "'tflite'" in run.stderr and "onnx" in run.stderr
+
+
+def test_recode_measures_each_codec_as_the_run_measures_its_own_file(run_dir):
+    from cnncomp.recode import parse_codecs, recode
+
+    record = json.loads((run_dir / "result.json").read_text())
+    lossless, six_bits, three_bits = recode(run_dir, parse_codecs(["none", "uniform:6,3"]))
+    assert six_bits["file_bytes"] == record["file_bytes"] and six_bits["test_acc"] == record["test_acc"]
+    assert lossless["test_acc"] == record["test_acc_unquantized"] and lossless["bits_per_value"] >= 32
+    assert three_bits["file_bytes"] < six_bits["file_bytes"] < lossless["file_bytes"]
+    with pytest.raises(ValueError, match="'gzip'"):
+        parse_codecs(["gzip:4"])

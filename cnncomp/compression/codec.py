@@ -121,9 +121,11 @@ class FileStats:
 
 
 def tensor_kind(name: str, tensor: torch.Tensor) -> str:
-    """ "values" (stored values, quantized), "mask" (a selection's kept positions), "exact" (a
-    frequency layer's freq/phase: at least float32) or "raw"."""
-    if _VALUES.search(name) and tensor.is_floating_point():
+    """ "values" (stored values, quantized: a compressed layer's originals, and the weight matrix or
+    filters of a layer left dense), "mask" (a selection's kept positions), "exact" (a frequency
+    layer's freq/phase: at least float32) or "raw" (biases, normalization parameters and statistics)."""
+    dense_weight = name.endswith(".weight") and tensor.ndim >= 2
+    if (_VALUES.search(name) or dense_weight) and tensor.is_floating_point():
         return "values"
     if _MASK.search(name) and tensor.dtype == torch.bool:
         return "mask"

@@ -293,3 +293,20 @@ def test_empirical_entropy():
     assert empirical_entropy_bits(np.array([0, 1, 0, 1])) == pytest.approx(4.0)
     assert empirical_entropy_bits(np.array([7, 7, 7])) == 0.0
     assert empirical_entropy_bits(np.zeros(0)) == 0.0
+
+
+def test_a_dense_models_weights_are_quantized_and_its_biases_kept(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    state = model.state_dict()
+    kinds = {name: tensor_kind(name, t) for name, t in state.items()}
+    assert {n for n, k in kinds.items() if k == "values"} == {n for n in state if n.endswith(".weight")}
+    assert {n for n, k in kinds.items() if k == "raw"} == {n for n in state if n.endswith(".bias")}
+    stats = write_file(tmp_path / "dense.cnnc", state, {}, CodecSpec("uniform", 8))
+    dense_fp32 = 4 * sum(t.numel() for t in state.values())
+    assert stats.total_bytes < dense_fp32 / 3.5  # 8-bit symbols, entropy-coded
+    _, decoded = read_file(tmp_path / "dense.cnnc")
+    for name in state:
+        if kinds[name] == "values":
+            step = (state[name].max() - state[name].min()) / 255
+            assert (decoded[name] - state[name]).abs().max() <= step / 2 + 1e-6, name

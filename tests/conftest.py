@@ -72,6 +72,30 @@ def need():
     return _need
 
 
+CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".egg-info")
+
+
+def _untracked_files() -> set[str]:
+    """Files in the checkout git does not track (ignored ones too), caches left out."""
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    paths = {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not p.startswith(".venv/") and not any(c in p for c in CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_left_as_found():
+    """The suite writes only under its temporary directories: no run, sweep or report lands in the
+    checkout (outputs/ included)."""
+    before = _untracked_files()
+    yield
+    created = sorted(_untracked_files() - before)
+    assert not created, f"the tests wrote into the checkout: {created[:10]}"
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """One dataset cache for the whole session (decoded tensors are reused across tests)."""

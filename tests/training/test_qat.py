@@ -22,10 +22,11 @@ SPARSE_VD = ["recipe=sparse_vd", "method.finetune_epochs=1", "codec.bits=3"]
 KMEANS = [*DCT, "codec=kmeans", "codec.bits=3"]
 
 
-def lenet(kernel: str = "dct") -> torch.nn.Module:
+def lenet(kernel: str = "dct", method: str = "transform") -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
-    return compress_model(model, kernel=kernel, keep=0.2, selection="magnitude", layers="conv")[0]
+    options = {"selection": "magnitude"} if method == "transform" else {}
+    return compress_model(model, kernel=kernel, keep=0.2, layers="conv", method=method, **options)[0]
 
 
 def fake_quantized_model(run_dir: Path, checkpoint: str = "last.pt") -> torch.nn.Module:
@@ -82,6 +83,21 @@ def test_kmeans_trains_centroids_and_leaves_its_codebook_values():
     decoded = codec.quantize(state, codec.CodecSpec("kmeans", 3, "float32"))
     assert all(torch.equal(decoded[k], v) for k, v in values(state).items())
     model.load_state_dict(decoded)
+    assert torch.allclose(model(x), forward, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, kernel", [("lowrank", "identity"), ("frequency", "dct"), ("transform", "wavelet")])
+@pytest.mark.parametrize("quantizer", ["uniform", "kmeans"])
+def test_every_methods_values_train_through_the_codec(method, kernel, quantizer):
+    model = lenet(kernel, method)
+    spec = codec.CodecSpec(quantizer, 3, "float32")
+    assert qat.install(model, spec) == len(values(model.state_dict()))
+    x = torch.randn(4, 1, 28, 28)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    forward = model.eval()(x)
+    qat.remove(model)
+    model.load_state_dict(codec.quantize(model.state_dict(), spec))
     assert torch.allclose(model(x), forward, atol=1e-6)
 
 

@@ -14,7 +14,7 @@ from cnncomp.errors import ConfigError
 from cnncomp.models import list_models
 from cnncomp.training import engine
 from cnncomp.training.loggers import LOGGERS
-from cnncomp.training.model import codec_spec, run_method
+from cnncomp.training.model import codec_spec, run_method, run_stages
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -93,5 +93,6 @@ def check_config(c: dict[str, Any]) -> None:
     _check_compression(c)
     try:
         codec_spec(c)
+        run_stages(c, run_method(c))  # codec.finetune_epochs, and the method's stages in the rest
     except (ValueError, TypeError) as err:
         raise ConfigError(f"codec: {err}") from None

@@ -186,7 +186,11 @@ def _nearest(v: np.ndarray, sorted_centroids: np.ndarray) -> np.ndarray:
 
 def kmeans_codebook(v: np.ndarray, k: int) -> np.ndarray:
     """Lloyd's algorithm in 1-D from k centroids spaced linearly over [min, max] (the initialization
-    Han et al. 2016 found best: it keeps the few large weights); an empty cluster keeps its centroid."""
+    Han et al. 2016 found best: it keeps the few large weights); an empty cluster keeps its centroid.
+    Values with at most k distinct entries (e.g. after k-means fine-tuning) are their own codebook."""
+    distinct = np.unique(v)
+    if distinct.size <= k:
+        return distinct
     centroids = np.linspace(v.min(), v.max(), k)
     for _ in range(_KMEANS_ITERS):
         idx = _nearest(v, centroids)  # Lloyd keeps 1-D centroids in order, so they stay sorted

@@ -39,14 +39,19 @@ def training_state(model, optimizer, schedule, state: dict, meta: dict) -> dict[
     }
 
 
-def resume(path: Path, model, optimizer, schedule, config_hash: str) -> dict[str, Any]:
-    """Load a `training_state` checkpoint into the run's objects; returns the loop state."""
+def read(path: Path, config_hash: str) -> dict[str, Any]:
+    """A `training_state` checkpoint, refused (ConfigError) when another config wrote it."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt["config_hash"] != config_hash:
         raise ConfigError(
             f"{path} holds a checkpoint of another configuration (hash {ckpt['config_hash']}, this run "
             f"{config_hash}); it is left untouched: run in a new directory or remove it"
         )
+    return ckpt
+
+
+def load_into(ckpt: dict[str, Any], model, optimizer, schedule) -> dict[str, Any]:
+    """Load a `read` checkpoint into the run's objects (of its structure); returns the loop state."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if schedule is not None:
@@ -55,6 +60,11 @@ def resume(path: Path, model, optimizer, schedule, config_hash: str) -> dict[str
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     return ckpt["state"]
+
+
+def resume(path: Path, model, optimizer, schedule, config_hash: str) -> dict[str, Any]:
+    """Load a `training_state` checkpoint into the run's objects; returns the loop state."""
+    return load_into(read(path, config_hash), model, optimizer, schedule)
 
 
 def completed_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:

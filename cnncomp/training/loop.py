@@ -1,7 +1,10 @@
 """One training run: build, train the method's stages epoch by epoch (resumable), test, save.
 
-The loop calls the method's hooks (stages, start_stage, penalty, epoch_metrics, finish) and never
-names a method.
+The loop calls the method's hooks (stages, start_stage, penalty, epoch_metrics, finish, restore)
+and never names a method. With codec.finetune_epochs > 0 the run ends in the "quantize" stage
+(quantization-aware fine-tuning, `cnncomp.compression.qat`): the method finishes the model (e.g.
+prunes it), fake quantizers go on its stored values, and a fresh optimizer trains the finished
+model through them; a last.pt written in that stage says so and is resumed into that structure.
 """
 
 from __future__ import annotations
@@ -16,12 +19,22 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cnncomp.compression import Method, Stage, codec, fold, format_summary, index_bits, refresh_summary, stored_params
+from cnncomp.compression import (
+    Method,
+    Stage,
+    codec,
+    fold,
+    format_summary,
+    index_bits,
+    qat,
+    refresh_summary,
+    stored_params,
+)
 from cnncomp.data import DataSpec, build_data
 from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.training import checkpoint, distributed, engine
 from cnncomp.training.loggers import build_loggers
-from cnncomp.training.model import MODEL_FILE, build_run_model, codec_spec, file_meta, run_method
+from cnncomp.training.model import MODEL_FILE, QUANTIZE, build_run_model, codec_spec, file_meta, run_method, run_stages
 from cnncomp.training.record import RunRecord, format_metric
 
 log = logging.getLogger("cnncomp")
@@ -57,17 +70,14 @@ class Run:
         self.config, self.t, self.run_dir, self.device, self.record = config, t, run_dir, device, record
         torch.manual_seed(t["seed"])
         self.method: Method = run_method(config)
-        self.stages = self.method.stages(t["max_epochs"])
+        self.stages = run_stages(config, self.method)
+        self.quantize_epochs = self.stages[-1].epochs if self.stages[-1].name == QUANTIZE else 0
         spec = DataSpec.from_config(config["dataset"], t, rank=distributed.rank(), world_size=distributed.world_size())
         self.data = build_data(spec, device=device)
         self._build_model()
         self.steps = min(len(self.data.train), t["limit_train_batches"] or len(self.data.train))
-        self.optimizer = engine.build_optimizer(
-            self.model, name=t["optimizer"], lr=t["lr"], weight_decay=t["weight_decay"], momentum=t["momentum"]
-        )
-        self.schedule = engine.build_schedule(
-            self.optimizer, name=t["schedule"], total_steps=max(1, self.steps * t["max_epochs"])
-        )
+        # the schedule spans the method's epochs: it has annealed when the quantize stage begins
+        self.optimizer, self.schedule = self._optimizer(t["lr"], t["schedule"], t["max_epochs"] - self.quantize_epochs)
         self.meta = checkpoint.meta(config, record.config_hash, self.model_args)
         self.state = {"epoch": 0, "history": [], "best": None, "train_time_s": 0.0, "train_images": 0}
         self.eval_opts = {"device": device, "precision": str(t["precision"]), "limit": t["limit_eval_batches"]}
@@ -89,11 +99,43 @@ class Run:
         macs = count_macs(self.model, (info.in_channels, info.image_size, info.image_size))
         self.record.update(dense_params=dense, layers_summary=self.summary, macs=macs, **size_fields(self.model, dense))
 
+    def _optimizer(self, lr: float, schedule: str, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+        """A fresh optimizer over the model's parameters and a per-step schedule over `epochs`."""
+        t = self.t
+        optimizer = engine.build_optimizer(
+            self.model, name=t["optimizer"], lr=lr, weight_decay=t["weight_decay"], momentum=t["momentum"]
+        )
+        return optimizer, engine.build_schedule(optimizer, name=schedule, total_steps=max(1, self.steps * epochs))
+
+    def start_quantize(self, finished: dict[str, torch.Tensor] | None = None) -> None:
+        """The quantize stage's model and optimizer. The method finishes the model (or, on resume,
+        gives it the structure of the `finished` state_dict), fake quantizers go on every stored
+        value, and a fresh optimizer (the parameters changed) trains it with a cosine schedule from
+        trainer.lr / 10 over the stage: a fine-tuning of an already trained model."""
+        if finished is None:
+            self.method.finish(self.model)
+        else:
+            self.method.restore(self.model, finished)
+        qat.install(self.model, codec_spec(self.config))
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer, self.schedule = self._optimizer(self.t["lr"] / 10, "cosine", self.quantize_epochs)
+
+    def start_stage(self, stage: Stage) -> None:
+        """Called before the first epoch of `stage` that this process trains (also on resume)."""
+        if stage.name != QUANTIZE:
+            self.method.start_stage(self.model, stage)
+        elif not qat.installed(self.model):  # a resume into the stage installed them already
+            self.start_quantize()
+
     def resume(self) -> None:
         last = self.run_dir / "last.pt"
         distributed.barrier()  # every rank resumes from the last.pt rank 0 wrote
         if last.exists():
-            self.state = checkpoint.resume(last, self.model, self.optimizer, self.schedule, self.record.config_hash)
+            ckpt = checkpoint.read(last, self.record.config_hash)
+            if ckpt["state"].get("stage") == QUANTIZE:  # written by the quantize stage: its structure first
+                self.start_quantize(finished=ckpt["model"])
+            self.state = checkpoint.load_into(ckpt, self.model, self.optimizer, self.schedule)
             log.info("resumed from %s after epoch %d", last, self.state["epoch"])
 
     def step_model(self) -> torch.nn.Module:
@@ -121,15 +163,16 @@ class Run:
                 reduce=distributed.all_reduce_sum,
             )
 
-    def end_epoch(self, epoch: int, fit: dict[str, Any], started: float) -> None:
-        """Validate, log and checkpoint a finished epoch."""
+    def end_epoch(self, epoch: int, stage: Stage, fit: dict[str, Any], started: float) -> None:
+        """Validate, log and checkpoint a finished epoch of `stage`."""
         distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, the ones it saves
         val = (
             engine.evaluate(self.model, self.data.val, **self.eval_opts)
             if self.has_val
             else {"loss": None, "acc": None}
         )
-        extra = self.method.epoch_metrics(self.model)
+        # the method's metrics describe its own stages (after finish, e.g. pruning, they may not apply)
+        extra = {} if stage.name == QUANTIZE else self.method.epoch_metrics(self.model)
         row = {
             "epoch": epoch,
             "train_loss": fit["loss"],
@@ -146,10 +189,13 @@ class Run:
             epoch, self.t["max_epochs"], fit["loss"], fit["acc"], format_metric(val["loss"]), format_metric(val["acc"]),
             row["epoch_time_s"], "".join(f"  {k} {v}" for k, v in extra.items()),
         )  # fmt: skip
-        self.state["epoch"] = epoch
+        self.state["epoch"], self.state["stage"] = epoch, stage.name
         best = self.state["best"]
-        if self.method.keeps_last_epoch or not self.has_val or best is None or val["acc"] > best["val_acc"]:
-            self.state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"]}
+        # a quantize-stage model is chosen among quantize-stage epochs only (an earlier one is another structure)
+        first_quantized = stage.name == QUANTIZE and (best or {}).get("stage") != QUANTIZE
+        better = best is None or first_quantized or val["acc"] > best["val_acc"]
+        if self.method.keeps_last_epoch or not self.has_val or better:
+            self.state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "stage": stage.name}
             checkpoint.save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, **self.meta})
         state = checkpoint.training_state(self.model, self.optimizer, self.schedule, self.state, self.meta)
         checkpoint.save(self.run_dir / "last.pt", state)
@@ -159,7 +205,10 @@ class Run:
         distributed.barrier()  # rank 0 has written best.pt
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(best["model"])
-        self.method.finish(self.model)
+        if qat.installed(self.model):  # the method finished it when the quantize stage began
+            qat.remove(self.model)  # the latent values (uniform) or the codebook values (kmeans)
+        else:
+            self.method.finish(self.model)
         refresh_summary(self.model, self.summary)
         self.record.update(**size_fields(self.model, self.record.dense_params))
         unquantized = engine.evaluate(self.model, self.data.test, **self.eval_opts)
@@ -216,7 +265,7 @@ def run(config: dict, run_dir: Path, device: torch.device, record: RunRecord, lo
         started = time.perf_counter()
         if stage_of(r.stages, epoch) is not stage:  # a new stage, or the first epoch after a resume
             stage = stage_of(r.stages, epoch)
-            r.method.start_stage(r.model, stage)
+            r.start_stage(stage)
             step_model = r.step_model()  # parameters may have stopped training (DDP must know)
             log.info("stage %s: %d epochs from epoch %d", stage.name, stage.epochs, epoch)
         fit = r.train_epoch(epoch, stage, step_model)
@@ -226,7 +275,7 @@ def run(config: dict, run_dir: Path, device: torch.device, record: RunRecord, lo
             record.update(status="diverged", error=f"non-finite training loss in epoch {epoch}")
             log.error("%s", record.error)
             return
-        r.end_epoch(epoch, fit, started)
+        r.end_epoch(epoch, stage, fit, started)
         for logger in loggers:
             logger.log_epoch(r.state["history"])
     r.test(config["save_folded"])

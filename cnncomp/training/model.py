@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cnncomp.compression import Method, build_method, codec, compress_model, stored_params
+from cnncomp.compression import Method, Stage, build_method, codec, compress_model, stored_params
 from cnncomp.errors import ConfigError
 from cnncomp.models import build_model
 
@@ -78,9 +78,44 @@ MODEL_FILE = "model.cnnc"
 
 
 def codec_spec(config: dict[str, Any]) -> codec.CodecSpec:
-    """The codec config section as a CodecSpec (`codec.name` is the quantizer)."""
+    """The codec config section as a CodecSpec (`codec.name` is the quantizer; `finetune_epochs` is
+    the run's, see `run_stages`)."""
     c = dict(config["codec"])
+    c.pop("finetune_epochs", None)
     return codec.CodecSpec(quantizer=c.pop("name"), **c)
+
+
+QUANTIZE = "quantize"  # the stage of quantization-aware fine-tuning
+
+
+def quantize_epochs(config: dict[str, Any]) -> int:
+    """codec.finetune_epochs (0 when absent), checked: an integer >= 0 below trainer.max_epochs,
+    and a quantizer to train through."""
+    n, max_epochs = config["codec"].get("finetune_epochs", 0), config["trainer"]["max_epochs"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"codec.finetune_epochs must be an integer >= 0, got {n!r}")
+    if n and n >= max_epochs:
+        raise ValueError(
+            f"codec.finetune_epochs={n} leaves no epoch for the method's stages: it must be below "
+            f"trainer.max_epochs={max_epochs}"
+        )
+    if n and config["codec"]["name"] not in ("uniform", "kmeans"):
+        raise ValueError(f"codec.finetune_epochs={n} needs codec=uniform or kmeans, not {config['codec']['name']!r}")
+    return n
+
+
+def run_stages(config: dict[str, Any], method: Method) -> list[Stage]:
+    """The run's stages: the method's over trainer.max_epochs - codec.finetune_epochs epochs, then
+    (codec.finetune_epochs > 0) quantization-aware fine-tuning, Stage("quantize", n)."""
+    n = quantize_epochs(config)
+    epochs = config["trainer"]["max_epochs"] - n
+    try:
+        stages = method.stages(epochs)
+    except ValueError as err:
+        if not n:
+            raise
+        raise ValueError(f"{err} (codec.finetune_epochs={n} leaves the method {epochs} epochs)") from None
+    return stages + ([Stage(QUANTIZE, n)] if n else [])
 
 
 def file_meta(config: dict[str, Any], model_args: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,16 @@ def test_kmeans_uses_at_most_2_to_the_bits_values(bits):
             assert q[name].unique().numel() <= min(2**bits, t.numel()), name
 
 
+@pytest.mark.parametrize("distinct", [1, 2, 7, 8])
+def test_kmeans_keeps_values_that_fit_its_codebook_exactly(distinct):
+    # Lloyd from a linear initialization can merge two of 8 distinct values; these are their own codebook
+    torch.manual_seed(distinct)
+    levels = torch.tensor([-0.9, -0.31, -0.3, 0.0, 0.01, 0.2, 0.7, 3.0])[:distinct]
+    t = levels[torch.randint(distinct, (300,))]
+    q = quantize({"a.parametrizations.weight.original": t}, CodecSpec("kmeans", 3))
+    assert torch.equal(q["a.parametrizations.weight.original"], t)
+
+
 def test_kmeans_beats_uniform_error_at_equal_bits():
     # k-means places levels where the values are (Han et al. 2016): less squared error than a uniform grid
     t = compressed_lenet("lowrank").state_dict()["classifier.0.parametrizations.weight.original0"]

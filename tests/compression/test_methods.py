@@ -15,6 +15,7 @@ LABELS = {
     "zonal": ("dct", "triangle"),
     "dct_magnitude": ("dct", "magnitude"),
     "pruning": ("identity", "magnitude"),
+    "deep_compression": ("identity", "magnitude"),
     "sparse_vd": ("identity", "sparse_vd"),
     "sparse_vd_dct": ("dct", "sparse_vd"),
     "lowrank": ("identity", "lowrank"),
@@ -38,7 +39,8 @@ def test_every_recipe_is_labelled():
 def test_every_recipe_fine_tunes_a_pretrained_model_and_records_what_it_stores(
     recipe, pretrained, tmp_path, make_cfg, quick
 ):
-    cfg = make_cfg(quick + [f"recipe={recipe}", f"model.pretrained={pretrained}", "kernel.keep=0.1"])
+    stages = ["trainer.max_epochs=2", "codec.finetune_epochs=1"] if recipe == "deep_compression" else []
+    cfg = make_cfg(quick + [f"recipe={recipe}", f"model.pretrained={pretrained}", "kernel.keep=0.1", *stages])
     result = train(cfg, tmp_path)
     assert result["status"] == "completed", result["error"]
     assert (result["kernel"], result["selection"]) == LABELS[recipe]
@@ -50,6 +52,9 @@ def test_every_recipe_fine_tunes_a_pretrained_model_and_records_what_it_stores(
     assert result["compression_ratio_with_index"] == pytest.approx(
         result["dense_params"] / (result["stored_params"] + bits / 32)
     )
+    if recipe == "deep_compression":  # the kept weights hold at most 2^5 codebook values per layer
+        values = [t for k, t in state.items() if k.endswith("original")]
+        assert values and all(t.unique().numel() <= 32 for t in values)
     if recipe == "dense":
         assert result["compression_ratio"] == 1.0
     else:

@@ -362,3 +362,9 @@ def test_sigterm_message_says_whether_anything_can_be_resumed(epoch, tmp_path, m
     else:
         assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["epoch"] == 1
         assert "last.pt holds the last finished epoch" in warnings[0]
+
+
+def test_a_run_without_validation_keeps_its_last_epoch(tmp_path, make_cfg, quick):
+    r = train(make_cfg([*quick, "trainer.val_fraction=0", "trainer.max_epochs=2"]), run_dir=tmp_path)
+    assert r["status"] == "completed", r["error"]
+    assert r["best_epoch"] == 2 and r["val_acc"] is None and r["test_acc"] is not None

@@ -193,8 +193,8 @@ class Run:
         best = self.state["best"]
         # a quantize-stage model is chosen among quantize-stage epochs only (an earlier one is another structure)
         first_quantized = stage.name == QUANTIZE and (best or {}).get("stage") != QUANTIZE
-        better = best is None or first_quantized or val["acc"] > best["val_acc"]
-        if self.method.keeps_last_epoch or not self.has_val or better:
+        last = self.method.keeps_last_epoch or not self.has_val or best is None or first_quantized
+        if last or val["acc"] > best["val_acc"]:
             self.state["best"] = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "stage": stage.name}
             checkpoint.save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, **self.meta})
         state = checkpoint.training_state(self.model, self.optimizer, self.schedule, self.state, self.meta)

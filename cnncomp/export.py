@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cnncomp import atomic
+import cnncomp.atomic as atomic
 from cnncomp.compression import codec, fold
 from cnncomp.training.model import MODEL_FILE, load
 

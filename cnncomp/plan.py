@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
-from cnncomp import data
+import cnncomp.data as data
 from cnncomp.compression import stored_params
 from cnncomp.config import CONF_DIR, check_config
 from cnncomp.data import DataShape

@@ -25,7 +25,7 @@ from hydra.core.utils import configure_log
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cnncomp import atomic
+import cnncomp.atomic as atomic
 from cnncomp.config import check_config
 from cnncomp.data import DataNotFoundError
 from cnncomp.errors import ConfigError

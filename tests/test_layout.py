@@ -40,8 +40,7 @@ def imports(name: str) -> tuple[set[str], set[str]]:
             if node.level:  # from . import x / from ._common import y
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
-            # `from pkg import mod` imports pkg.mod (pkg's __init__ runs first, as for any submodule)
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]  # `from pkg import x` runs pkg
         else:
             continue
         for target in targets:

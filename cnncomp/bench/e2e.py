@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnncomp import data
+import cnncomp.data as data
 from cnncomp.bench.step import dense_model, make_steps
 from cnncomp.bench.timer import Row, Timer
 from cnncomp.config import compose_config

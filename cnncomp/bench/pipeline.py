@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 
-from cnncomp import data
+import cnncomp.data as data
 from cnncomp.bench.timer import Row, Timer
 
 

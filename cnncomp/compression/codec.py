@@ -36,7 +36,7 @@ import constriction
 import numpy as np
 import torch
 
-from cnncomp import atomic
+import cnncomp.atomic as atomic
 from cnncomp.compression import entropy
 from cnncomp.compression.entropy import empirical_entropy_bits
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp import transforms
+import cnncomp.transforms as transforms
 from cnncomp.compression.method import AXIS_NAMES, layer_type, redraw_like_dense
 
 

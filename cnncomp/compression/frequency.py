@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from cnncomp import transforms
+import cnncomp.transforms as transforms
 from cnncomp.compression.method import Method, register_method
 
 KERNELS = ("dct", "dst", "dft")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp import transforms
+import cnncomp.transforms as transforms
 from cnncomp.compression.method import (
     AXIS_NAMES,
     INITS,

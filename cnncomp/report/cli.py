@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnncomp import atomic
+import cnncomp.atomic as atomic
 from cnncomp.report.analysis import Report, analyze
 from cnncomp.report.plot import plot_group
 from cnncomp.report.records import RESULT, NoRecords, check_dirs

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cnncomp import atomic
+import cnncomp.atomic as atomic
 from cnncomp.report.analysis import baseline, kernel_order, method_label, number, ratio
 
 # the swept numeric axes along which the plot joins cells with a line: (what, how it reads, style)

@@ -93,7 +93,7 @@ class SweepCallback(Callback):
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
         summary = summarize(sweep_dir, self.cells, recorded_returns())
         print(format_summary(summary), flush=True)
-        from cnncomp import atomic
+        import cnncomp.atomic as atomic
 
         atomic.write_json(sweep_dir / SUMMARY_FILE, summary)
         if summary["counts"].get("failed", 0) and self.exit_on_failure:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from cnncomp import atomic
+import cnncomp.atomic as atomic
 from cnncomp.errors import ConfigError
 from cnncomp.training import distributed
 

@@ -162,12 +162,20 @@ def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> tor
 # --- quantizers -------------------------------------------------------------------------------------
 
 
+def uniform_step(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """The uniform grid's step for values in [lo, hi] (float64 tensors): (hi - lo) / (2**bits - 1) as a
+    float32; a tensor of one value (or none, or an overflow) is its own grid point (step |hi|, else 1).
+    Shared by the codec and the quantization-aware training (`qat`), which must agree bit for bit."""
+    step = ((hi - lo) / (2**bits - 1)).to(torch.float32).to(torch.float64)
+    own = hi.abs().to(torch.float32).to(torch.float64)
+    own = torch.where(own == 0, torch.ones_like(own), own)
+    return torch.where((step == 0) | ~torch.isfinite(step), own, step)
+
+
 def _uniform(v: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
-    """Symbols round(v/step) on a grid through 0, step = (max - min) / (2**bits - 1) as a float32."""
+    """Symbols round(v/step) on a grid through 0 (`uniform_step`)."""
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-    step = float(np.float32((hi - lo) / (2**bits - 1)))
-    if step == 0.0 or not math.isfinite(step):  # one value (or none): it is its own grid point
-        step = float(np.float32(abs(hi))) or 1.0
+    step = float(uniform_step(torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), bits))
     symbols = np.rint(v / step)
     if symbols.size and np.abs(symbols).max() >= 2**52:
         raise ValueError(f"uniform step {step} is too fine for values up to {max(abs(lo), abs(hi))}")

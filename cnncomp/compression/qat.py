@@ -31,12 +31,7 @@ def uniform_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
     v = x.detach().to(torch.float64)
     if v.numel() == 0:
         return x.detach().clone()
-    lo, hi = v.min(), v.max()
-    step = ((hi - lo) / (2**bits - 1)).to(torch.float32).to(torch.float64)
-    # the codec's rule for one value (or an overflow): it is its own grid point, else step 1
-    own = hi.abs().to(torch.float32).to(torch.float64)
-    own = torch.where(own == 0, torch.ones_like(own), own)
-    step = torch.where((step == 0) | ~torch.isfinite(step), own, step)
+    step = codec.uniform_step(v.min(), v.max(), bits)
     return (torch.round(v / step) * step).to(x.dtype)
 
 

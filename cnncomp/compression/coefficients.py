@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import cnncomp.transforms as transforms
-from cnncomp.compression.method import AXIS_NAMES, layer_type, redraw_like_dense
+from cnncomp.compression.method import AXIS_NAMES, layer_type
 
 
 def mode_product(x: torch.Tensor, m: torch.Tensor, axis: int) -> torch.Tensor:
@@ -86,8 +86,11 @@ class TransformWeight(nn.Module):
     def stored(self) -> int:
         return math.prod(self.coefficient_shape()) if self.mask is None else int(self.mask.sum())
 
+    @torch.no_grad()
     def variance_init(self, chain: nn.Module, std: float) -> None:
-        redraw_like_dense(chain, std, self.stored(), math.prod(self.shape))
+        """Draw the stored values from N(0, std²·dense/stored): the orthonormal bases keep the variance
+        of the dense init's W."""
+        chain.original.normal_(0.0, std * math.sqrt(math.prod(self.shape) / self.stored()))
 
     def index_bits(self) -> int:
         """Bits that say which coefficients a mask kept: the smaller of a bitmap (one bit per

@@ -200,10 +200,3 @@ def layer_summary(module: nn.Module) -> LayerSummary | None:
         notes=list(r.notes),
         method=r.method,
     )
-
-
-@torch.no_grad()
-def redraw_like_dense(chain: nn.Module, std: float, stored: int, dense: int) -> None:
-    """Draw the stored values of `chain` (a ParametrizationList with one `original`) from
-    N(0, std²·dense/stored): an orthonormal basis keeps the variance of the dense init's W."""
-    chain.original.normal_(0.0, std * math.sqrt(dense / stored))

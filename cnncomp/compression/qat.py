@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from cnncomp.compression import codec
+from cnncomp.compression.quantizers import kmeans_symbols, uniform_step
 
 
 def uniform_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -31,7 +32,7 @@ def uniform_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
     v = x.detach().to(torch.float64)
     if v.numel() == 0:
         return x.detach().clone()
-    step = codec.uniform_step(v.min(), v.max(), bits)
+    step = uniform_step(v.min(), v.max(), bits)
     return (torch.round(v / step) * step).to(x.dtype)
 
 
@@ -73,7 +74,7 @@ class KMeansFakeQuant(nn.Module):
         v = x.detach().cpu().to(torch.float64).numpy().ravel()
         if v.size and not np.isfinite(v).all():
             raise ValueError("stored values must be finite to quantize")
-        symbols, used = codec._kmeans(v, self.bits)
+        symbols, used = kmeans_symbols(v, self.bits)
         k = 2**self.bits
         codebook = np.zeros(k, np.float32)
         codebook[: used.size] = used

@@ -6,6 +6,7 @@ parametrization; the module keeps its class), `compress_model` the chosen layers
 """
 
 from cnncomp.compression import frequency, lowrank, sparse_vd, transform  # noqa: F401  (register the methods)
+from cnncomp.compression.gain import match_dense_gain
 from cnncomp.compression.layers import (
     KERNELS,
     check_options,
@@ -41,6 +42,7 @@ __all__ = [
     "layer_summary",
     "layer_types",
     "list_methods",
+    "match_dense_gain",
     "refresh_summary",
     "register_method",
     "stored_params",

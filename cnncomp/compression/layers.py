@@ -84,6 +84,7 @@ def compress_module(
     `options`, or a built `Method`; `selection` (block, triangle, magnitude, random) is the transform
     method's. axes: subset of ("out", "in") for Linear, ("out", "in", "kh", "kw") for Conv2d.
     init="variance" redraws the stored values so that W keeps the variance of the dense init;
+    init="gain" does so too and marks the layer for `match_dense_gain` (which needs data);
     init="project" starts from the projection of the current weight.
     """
     reason = compressible(module)
@@ -111,8 +112,10 @@ def compress_module(
     parametrize.register_parametrization(module, "weight", param, unsafe=True)
     if hasattr(param, "install"):
         param.install(module)
-    if init == "variance":
+    if init in ("variance", "gain"):
         param.variance_init(module.parametrizations.weight, std)
+    if init == "gain":
+        param.init_std = std  # the dense init's, the target of match_dense_gain
     return module
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 AXIS_NAMES = {nn.Linear: ("out", "in"), nn.Conv2d: ("out", "in", "kh", "kw")}
-INITS = ("variance", "project")
+INITS = ("variance", "gain", "project")
 
 
 @dataclass(frozen=True)

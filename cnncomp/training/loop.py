@@ -26,6 +26,7 @@ from cnncomp.compression import (
     fold,
     format_summary,
     index_bits,
+    match_dense_gain,
     qat,
     refresh_summary,
     stored_params,
@@ -75,6 +76,8 @@ class Run:
         spec = DataSpec.from_config(config["dataset"], t, rank=distributed.rank(), world_size=distributed.world_size())
         self.data = build_data(spec, device=device)
         self._build_model()
+        if config["method"]["init"] == "gain":
+            self._match_gain()
         self.steps = min(len(self.data.train), t["limit_train_batches"] or len(self.data.train))
         # the schedule spans the method's epochs: it has annealed when the quantize stage begins
         self.optimizer, self.schedule = self._optimizer(t["lr"], t["schedule"], t["max_epochs"] - self.quantize_epochs)
@@ -98,6 +101,13 @@ class Run:
         log.info("%s on %s, %s\n%s", self.model_args["name"], info.name, self.device, format_summary(self.summary))
         macs = count_macs(self.model, (info.in_channels, info.image_size, info.image_size))
         self.record.update(dense_params=dense, layers_summary=self.summary, macs=macs, **size_fields(self.model, dense))
+
+    def _match_gain(self) -> None:
+        """init=gain on the first training batch (a resumed run's checkpoint overwrites it; with
+        several ranks, DDP starts every replica from rank 0's)."""
+        x, _ = next(iter(self.data.train))
+        factors = match_dense_gain(self.model, x.to(self.device))
+        log.info("init=gain: %s", ", ".join(f"{name} x{f:.3g}" for name, f in factors.items()))
 
     def _optimizer(self, lr: float, schedule: str, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
         """A fresh optimizer over the model's parameters and a per-step schedule over `epochs`."""

@@ -3,9 +3,11 @@
 Takes the same overrides as `python -m cnncomp.train --multirun` (comma lists, `experiment=...`
 presets whose `hydra.sweeper.params` define the grid), expands them as Hydra's BasicSweeper does,
 composes every cell with `hydra.compose`, builds each cell's model and compression without data or
-training, and prints the cell count, stored parameters and compression ratio per cell, and the cost
-in device-hours from a measured step time: a few real training steps on random input of the
-dataset's shape, once per distinct compressed architecture, × steps per epoch × epochs.
+training, and prints the cell count, stored parameters and compression ratio per cell, an upper
+bound on the compressed file's bytes (`cnncomp.compression.file_bound`: what the file holds is
+known before training, its entropy-coded size is not), and the cost in device-hours from a measured
+step time: a few real training steps on random input of the dataset's shape, once per distinct
+compressed architecture, × steps per epoch × epochs.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import argparse
 import math
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -29,13 +32,14 @@ from torch.nn.utils import parametrize
 
 import cnncomp.data as data
 from cnncomp.compression import stored_params
+from cnncomp.compression.file_bound import Slot, file_bound, learned_limits, slots
 from cnncomp.config import CONF_DIR, check_config
 from cnncomp.data import DataShape
 from cnncomp.measure import count_macs
 from cnncomp.sweep import override_dict, sweep_cells
 from cnncomp.training import engine
-from cnncomp.training.model import build_run_model, run_method
-from cnncomp.training.record import device_name
+from cnncomp.training.model import build_run_model, codec_spec, file_meta, run_method
+from cnncomp.training.record import device_name, redact
 
 # What build_data would load, known without loading it: (channels, image size, classes, train, test).
 # An evaluation image costs about a third of a training image (forward only, vs forward + backward).
@@ -65,6 +69,8 @@ class Cell:
     eval_steps: int | None = None  # validation batches per epoch
     test_steps: int | None = None
     hours: float | None = None
+    file_bound: int | None = None  # the most bytes model.cnnc can take (file_bound)
+    learned_kept: bool = False  # the bound counts a learned kept set at its keep budget
 
     def field(self, dotted: str) -> Any:
         node: Any = self.config
@@ -200,8 +206,20 @@ def _plan_device(cells: Sequence[Cell]) -> torch.device:
         return torch.device("cpu")
 
 
+class Built(NamedTuple):
+    """What a cell's model is, shared by the cells of one architecture (`_build_keys`)."""
+
+    dense: int | None
+    stored: int | None
+    macs: int | None
+    step: float | None
+    tensors: list[Slot] | None  # the state_dict the file would hold, as `file_bound` reads it
+    model_args: dict | None
+    error: str | None = None
+
+
 class _Counter:
-    """Builds (and times) each distinct architecture once: (dense, stored, MACs, step time, error)."""
+    """Builds (and times) each distinct architecture once."""
 
     def __init__(self, plan: Plan, device: torch.device, measure: bool, budget_s: float) -> None:
         self.plan, self.device, self.measure, self.budget_s = plan, device, measure, budget_s
@@ -209,7 +227,7 @@ class _Counter:
         self.timed: dict[tuple, float] = {}
         self.macs_of: dict[tuple, int] = {}
 
-    def counts(self, cfg: dict, shape: DataShape) -> tuple:
+    def counts(self, cfg: dict, shape: DataShape) -> Built:
         shared, key = _build_keys(cfg, shape)
         if shared in self.built:
             return self.built[shared]
@@ -218,12 +236,12 @@ class _Counter:
                 self.built[shared] = self._build(cfg, shape)  # a success is shared by every kind
                 return self.built[shared]
             except Exception as err:  # an error stays under the exact key: it may name the kind
-                self.built[key] = (None, None, None, None, f"{type(err).__name__}: {err}")
+                self.built[key] = Built(*[None] * 6, f"{type(err).__name__}: {err}")
         return self.built[key]
 
-    def _build(self, cfg: dict, shape: DataShape) -> tuple:
+    def _build(self, cfg: dict, shape: DataShape) -> Built:
         method = run_method(cfg)
-        model, _, _, dense = build_run_model(
+        model, _, model_args, dense = build_run_model(
             cfg, method, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
         )
         arch = (cfg["model"]["name"], shape)  # MACs are those of the dense network
@@ -239,7 +257,8 @@ class _Counter:
                 self.plan.timings += 1
             step = self.timed[sig]
         method.finish(model)  # what the method stores after training (sparse VD: its keep budget, pruned)
-        return dense, stored_params(model), self.macs_of[arch], step, None
+        tensors = slots(model.state_dict(), learned_limits(model) if method.learned_kept else None)
+        return Built(dense, stored_params(model), self.macs_of[arch], step, tensors, model_args)
 
 
 def _cost(cell: Cell, cfg: dict, shape: DataShape, step: float | None) -> None:
@@ -282,11 +301,16 @@ def plan_sweep(
         except (ValueError, data.DataNotFoundError) as err:  # ConfigError is a ValueError
             cell.error = str(err)
             continue
-        dense, stored, macs, step, cell.error = counter.counts(cell.config, shape)
+        built = counter.counts(cell.config, shape)
+        cell.error = built.error
         if cell.error is None:
-            cell.dense_params, cell.stored_params, cell.macs, cell.step_time_s = dense, stored, macs, step
-            cell.compression_ratio = dense / stored
-            _cost(cell, cell.config, shape, step)
+            cell.dense_params, cell.stored_params, cell.macs, cell.step_time_s = built[:4]
+            cell.compression_ratio = built.dense / built.stored
+            _cost(cell, cell.config, shape, built.step)
+            # the run's file header holds its redacted config (file_meta), so the bound's does
+            meta = file_meta(redact(cell.config), built.model_args)
+            bound = file_bound(built.tensors, codec_spec(cell.config), meta)
+            cell.file_bound, cell.learned_kept = bound.total_bytes, bound.learned
     plan.wall_s = time.perf_counter() - started
     return plan
 
@@ -304,6 +328,26 @@ def _fmt_hours(h: float | None) -> str:
     return f"{h * 60:.1f} min" if h < 1 else f"{h:.2f} h"
 
 
+def _fmt_bound(c: Cell) -> list[str]:
+    """The file bound and the ratio of fp32 dense bytes to it (the file's is at least that)."""
+    mark = "†" if c.learned_kept else ""
+    size = f"{c.file_bound / 2**20:.2f} MiB" if c.file_bound >= 2**20 else f"{c.file_bound / 1024:.1f} KiB"
+    return [f"≤ {size}{mark}", f"≥ {4 * c.dense_params / c.file_bound:.1f}x"]
+
+
+BOUND_NOTE = (
+    "file ≤: the most bytes model.cnnc can take, from what is known before training: stored values at "
+    "log2(levels) bits each before entropy coding (codec.bits=b: uniform, a grid of at most 2^b + 1 levels; "
+    "kmeans, 2^b and the codebook), the count tables at their longest, masks as bitmaps, other tensors at "
+    "codec.other, the header at zlib's worst case; trained values entropy-code to fewer bits. "
+    "x fp32: the dense model's fp32 bytes over it (the file's ratio is at least that)."
+)
+LEARNED_NOTE = (
+    "† a kept set learned in training (e.g. sparse VD): its count is known only after training; bounded at "
+    "the keep budget, ⌈keep·n⌉ of a layer's n values (keep=1: every value and a one-bit-a-value mask)"
+)
+
+
 def format_plan(plan: Plan) -> str:
     cells = plan.cells
     varying = _varying(cells) if cells else []
@@ -313,6 +357,8 @@ def format_plan(plan: Plan) -> str:
         "stored params",
         "dense params",
         "ratio",
+        "file ≤",
+        "x fp32",
         "MMACs",
         "step ms",
         "steps/epoch",
@@ -330,6 +376,7 @@ def format_plan(plan: Plan) -> str:
                 f"{c.stored_params:,}",
                 f"{c.dense_params:,}",
                 f"{c.compression_ratio:.2f}x",
+                *_fmt_bound(c),
                 f"{c.macs / 1e6:.2f}",
                 "–" if c.step_time_s is None else f"{1000 * c.step_time_s:.1f}",
                 f"{c.train_steps:,}",
@@ -344,6 +391,9 @@ def format_plan(plan: Plan) -> str:
     for r in rows:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
     bad = sum(c.error is not None for c in cells)
+    if any(c.file_bound for c in cells):
+        notes = [BOUND_NOTE] + ([LEARNED_NOTE] if any(c.learned_kept for c in cells) else [])
+        lines += ["", *(textwrap.fill(n, 110, subsequent_indent="  ") for n in notes)]
     lines.append("")
     lines.append(
         f"{len(cells)} cells ({len(cells) - bad} valid, {bad} with errors); {plan.models_built} models built, "
@@ -360,7 +410,8 @@ def format_plan(plan: Plan) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cnncomp.plan",
-        description="Dry run of a sweep: cells, stored parameters, compression ratios and estimated cost.",
+        description="Dry run of a sweep: cells, stored parameters, compression ratios, an upper bound on "
+        "each compressed file's bytes (before entropy coding) and estimated cost.",
         epilog="Overrides as for `python -m cnncomp.train --multirun`, e.g. experiment=grid_study, or "
         "model=lenet,alexnet kernel=dct,dst layers=linear,conv",
     )

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from cnncomp.compression import compress_model, stored_params
 from cnncomp.models import build_model
-from cnncomp.plan import DataShape, data_shape, main, plan_sweep
+from cnncomp.plan import DataShape, data_shape, format_plan, main, plan_sweep
 from cnncomp.sweep import sweep_cells
 from cnncomp.training.model import build_run_model, run_method
 
@@ -148,3 +148,53 @@ def test_plan_builds_one_model_per_distinct_architecture(overrides, kernels, cel
     for cell in plan.cells:
         assert (cell.dense_params, cell.stored_params) == uncached_counts(cell), cell.overrides
         assert cell.compression_ratio == cell.dense_params / cell.stored_params
+
+
+# the file bound against real quick runs: (overrides, the most the bound may exceed the file by)
+BOUND_RUNS = {
+    "dense": (["kernel=none"], 1.1),
+    "dct block": (["kernel=dct"], 1.5),
+    "dct magnitude": (["kernel=dct", "method.selection=magnitude", "kernel.keep=0.1"], 1.6),
+    "sparse vd": (["recipe=sparse_vd", "kernel.keep=0.2", "method.kl_warmup_epochs=0", "trainer.max_epochs=2"], 1.8),
+    "dense kmeans 4": (["kernel=none", "codec=kmeans", "codec.bits=4"], 1.1),
+    "lowrank 3 bits": (["recipe=lowrank", "kernel.keep=0.2", "codec.bits=3"], 2.0),
+}
+
+
+@pytest.mark.parametrize("run", sorted(BOUND_RUNS))
+def test_the_file_bound_is_at_least_the_file_a_run_writes(run, tmp_path, make_cfg, quick):
+    import json
+
+    from cnncomp.train import train
+
+    overrides, slack = BOUND_RUNS[run]
+    (cell,) = plan_sweep([*quick, *overrides], measure=False).cells
+    assert cell.error is None and cell.learned_kept == (run == "sparse vd")
+    r = train(make_cfg([*quick, *overrides]), tmp_path)
+    assert r["status"] == "completed", r["error"]
+    file_bytes = json.loads((tmp_path / "result.json").read_text())["file_bytes"]
+    assert file_bytes <= cell.file_bound < slack * file_bytes
+
+
+def test_the_plan_prints_each_cells_bound_on_its_own_file():
+    """kernel=none at codec.bits=8: 8.006 bits a weight (2**8 + 1 levels), 236 fp16 biases, the
+    count tables and the header (the resolved config is in it) at their longest."""
+    from cnncomp.compression import codec
+    from cnncomp.compression.file_bound import file_bound, slots
+    from cnncomp.training.model import file_meta
+    from cnncomp.training.record import redact
+
+    plan = plan_sweep(["experiment=grid_smoke", "kernel=none", "layers=all", "codec.bits=8,4"], measure=False)
+    eight, four = plan.cells
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    args = {"name": "lenet", "num_classes": 10, "in_channels": 1, "image_size": 28}
+    meta = file_meta(redact(eight.config), args)
+    expected = file_bound(slots(model.state_dict()), codec.CodecSpec("uniform", 8), meta)
+    assert eight.file_bound == expected.total_bytes and not eight.learned_kept
+    assert 61_470 * 8 + 236 * 16 < 8 * eight.file_bound < 61_470 * 8.01 + 236 * 16 + 8 * 8_000
+    assert four.file_bound < 0.6 * eight.file_bound
+    text = format_plan(plan)
+    assert f"≤ {eight.file_bound / 1024:.1f} KiB" in text and f"≥ {4 * 61_706 / eight.file_bound:.1f}x" in text
+    assert "before entropy coding" in text and "†" not in text
+    learned = format_plan(plan_sweep(["experiment=grid_smoke", "layers=all", "recipe=sparse_vd"], measure=False))
+    assert "KiB†" in learned and "known only after training" in learned

@@ -48,10 +48,14 @@ __all__ = [
     "CodecSpec",
     "FileStats",
     "decode",
+    "dtype_of",
     "empirical_entropy_bits",
     "encode",
+    "header_bound",
     "quantize",
     "read_file",
+    "store_of",
+    "tensor_kind",
     "write_file",
 ]
 
@@ -134,7 +138,8 @@ def tensor_kind(name: str, tensor: torch.Tensor) -> str:
     return "raw"
 
 
-def _dtype(name: str) -> torch.dtype:
+def dtype_of(name: str) -> torch.dtype:
+    """The dtype a record names ("torch.float16" or "float16")."""
     dtype = getattr(torch, name.removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {name!r}")
@@ -176,7 +181,7 @@ class _Plan:
 
 def _plan_values(t: torch.Tensor, spec: CodecSpec, record: dict) -> _Plan:
     if spec.quantizer == "none":
-        store = _storage_dtype(t.dtype, torch.float32)
+        store = dtype_of(store_of("values", t.dtype, spec))
         data = _tensor_bytes(t.to(store))
         record.update(quantizer="none", store=str(store))
         decoded = t.to(store).to(t.dtype).clone()
@@ -205,22 +210,31 @@ def _plan_mask(t: torch.Tensor, record: dict) -> _Plan:
     return _Plan(record, side, code.stream, t.detach().cpu().clone(), "index", 8 * len(code.side))
 
 
+def store_of(kind: str, dtype: torch.dtype, spec: CodecSpec) -> str:
+    """How the file keeps a tensor it does not quantize ("raw" and "exact" tensors, "values" under
+    quantizer "none"): a float dtype (its own when narrower than the ceiling: float32 for "values"
+    and "exact", `spec.other` for "raw"), "bits" (bool), "varint" (integers: counters, indices are
+    small; a zigzag varint each) or the dtype's own bytes."""
+    if dtype.is_floating_point:
+        return str(_storage_dtype(dtype, dtype_of(spec.other) if kind == "raw" else torch.float32))
+    if dtype == torch.bool:
+        return "bits"
+    if not dtype.is_complex and dtype != torch.uint64 and dtype.itemsize <= 8:
+        return "varint"
+    return str(dtype)
+
+
 def _plan_raw(t: torch.Tensor, kind: str, spec: CodecSpec, record: dict) -> _Plan:
     t = t.detach().cpu()
-    if t.is_floating_point():
-        store = _storage_dtype(t.dtype, torch.float32 if kind == "exact" else _dtype(spec.other))
-        data, decoded = _tensor_bytes(t.to(store)), t.to(store).to(t.dtype).clone()
-        record.update(store=str(store))
-    elif t.dtype == torch.bool:
+    store = store_of(kind, t.dtype, spec)
+    if store == "bits":
         data, decoded = np.packbits(t.numpy().ravel(), bitorder="little").tobytes(), t.clone()
-        record.update(store="bits")
-    elif not t.is_complex() and t.dtype != torch.uint64 and t.dtype.itemsize <= 8:
-        # counters (num_batches_tracked) and indices are small: a zigzag varint each
+    elif store == "varint":
         data, decoded = entropy.varints(entropy.zigzag(t.to(torch.int64).numpy().ravel())), t.clone()
-        record.update(store="varint")
     else:
-        data, decoded = _tensor_bytes(t), t.clone()
-        record.update(store=str(t.dtype))
+        dtype = dtype_of(store)
+        data, decoded = _tensor_bytes(t.to(dtype)), t.to(dtype).to(t.dtype).clone()
+    record.update(store=store)
     return _Plan(record, data, None, decoded, "other", 8 * len(data))
 
 
@@ -265,15 +279,38 @@ def encode(
             coded[i] = plans[i].stream.encode(coder)
     words = coder.get_compressed().astype("<u4").tobytes()
     records = [p.record | {"side": len(p.side)} for p in plans]
-    header = {"meta": meta or {}, "spec": asdict(spec), "records": records, "ans_words": len(words) // 4}
-    try:
-        header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), 9)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"meta must be JSON-serializable: {err}") from err
+    header_bytes = zlib.compress(_header_json(meta, spec, records, len(words) // 4), 9)
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(p.side for p in plans)
     body += words
     data = body + _CRC.pack(zlib.crc32(body))
     return data, _stats(plans, coded, len(data))
+
+
+def _header_json(meta: dict | None, spec: CodecSpec, records: list[dict], ans_words: int) -> bytes:
+    header = {"meta": meta or {}, "spec": asdict(spec), "records": records, "ans_words": ans_words}
+    try:
+        return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"meta must be JSON-serializable: {err}") from err
+
+
+# the longest JSON a float64 and a side length (or count) can take in a header record
+_LONGEST_FLOAT, _LONGEST_INT = -2.2250738585072014e-308, 2**63 - 1
+
+
+def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tuple[int, ...], torch.dtype]]) -> int:
+    """The most bytes the file's frame and zlib'd header can take for tensors of these (name, shape,
+    dtype) in state_dict order: each record as `encode` writes it, its numbers at their longest,
+    deflated at zlib's worst case (compressBound: stored blocks), plus magic, version and crc32."""
+    records = []
+    for name, shape, dtype in tensors:
+        record = _plan(name, torch.zeros((1,) * len(shape), dtype=dtype), spec).record | {"side": 0}
+        for key, value in record.items():
+            if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+                record[key] = _LONGEST_FLOAT if isinstance(value, float) else _LONGEST_INT
+        records.append(record | {"shape": list(shape)})
+    n = len(_header_json(meta, spec, records, _LONGEST_INT))
+    return _PREFIX.size + n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + _CRC.size
 
 
 def _stats(plans: list[_Plan], coded: list[int], total_bytes: int) -> FileStats:
@@ -349,7 +386,7 @@ def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, torch.
 
 
 def _decode_record(record: dict, reader: entropy.Reader, coder) -> torch.Tensor:
-    shape, dtype, kind = record["shape"], _dtype(record["dtype"]), record["kind"]
+    shape, dtype, kind = record["shape"], dtype_of(record["dtype"]), record["kind"]
     n = math.prod(shape)
     if kind == "values":
         tensor = _decode_values(record, reader, coder, n, dtype)
@@ -366,7 +403,7 @@ def _decode_record(record: dict, reader: entropy.Reader, coder) -> torch.Tensor:
 def _decode_values(record: dict, reader: entropy.Reader, coder, n: int, dtype: torch.dtype) -> torch.Tensor:
     quantizer = record["quantizer"]
     if quantizer == "none":
-        store = _dtype(record["store"])
+        store = dtype_of(record["store"])
         return _tensor_from_bytes(reader.take(n * store.itemsize), store, [n]).to(dtype)
     if quantizer == "uniform":
         symbols = entropy.decode_stream(coder, entropy.Table.read(reader), n)
@@ -388,5 +425,5 @@ def _decode_raw(record: dict, reader: entropy.Reader, n: int, dtype: torch.dtype
     if store == "varint":
         values = entropy.unzigzag(reader.varints(n))
         return torch.from_numpy(values).to(dtype)
-    stored = _dtype(store)
+    stored = dtype_of(store)
     return _tensor_from_bytes(reader.take(n * stored.itemsize), stored, [n]).to(dtype)

@@ -114,7 +114,11 @@ class Table:
 
     @classmethod
     def of(cls, symbols: np.ndarray) -> Table:
-        alphabet, counts = np.unique(np.asarray(symbols, dtype=np.int64), return_counts=True)
+        return cls.of_counts(*np.unique(np.asarray(symbols, dtype=np.int64), return_counts=True))
+
+    @classmethod
+    def of_counts(cls, alphabet: np.ndarray, counts: np.ndarray) -> Table:
+        """The table of a stream whose symbols `alphabet` (sorted, unique) occur `counts` times."""
         if alphabet.size > 1 and alphabet[-1] - alphabet[0] + 1 <= 2 * alphabet.size:
             # dense over the range when that is no longer than the gaps between present symbols
             span = np.arange(alphabet[0], alphabet[-1] + 1, dtype=np.int64)
@@ -202,6 +206,66 @@ def estimate_bits(symbols: np.ndarray) -> float:
     return empirical_entropy_bits(symbols) + 8 * len(Table.of(symbols).to_bytes())
 
 
+# --- bounds, before the symbols are known (the planner's file bound) --------------------------------
+
+# the coder's slack over n·log2(levels) bits: the count codes' model error (KL < 0.0014 bits a
+# symbol at COUNT_STEPS 8), constriction's 24-bit probabilities (< 2 · levels / 2**24 bits a
+# symbol), a few bits a stream, and the flush of the shared coder's 64-bit state into 32-bit words
+MODEL_SLACK_BITS = 0.002
+STREAM_SLACK_BITS = 2
+FLUSH_BITS = 64 + 32
+VARINT_MAX = 10  # bytes of the longest LEB128 of a uint64
+
+
+def coder_slack_bits(n: int, levels: int) -> float:
+    """The most bits `Stream.encode` spends on `n` symbols of at most `levels` distinct values
+    beyond their empirical entropy."""
+    return n * (MODEL_SLACK_BITS + 2 * max(1, min(levels, n)) / 2**24) + STREAM_SLACK_BITS
+
+
+def stream_bits_bound(n: int, levels: int) -> float:
+    """The most bits `Stream.encode` adds for `n` symbols of at most `levels` distinct values:
+    n·log2(levels) (the entropy of the flattest distribution over them) plus the coder's slack."""
+    levels = max(1, min(levels, n))
+    return 0.0 if levels == 1 else n * math.log2(levels) + coder_slack_bits(n, levels)
+
+
+def table_bytes_bound(n: int, levels: int, span: int, first_bytes: int = VARINT_MAX) -> int:
+    """The most bytes `Table.to_bytes` takes for `n` symbols of at most `levels` distinct values
+    within a range of `span` consecutive integers whose first one's zigzag varint takes at most
+    `first_bytes`, whichever layout `Table.of` picks: dense (the range, a count code each; only for a
+    range of at most twice the symbols present) or sparse (a count code and a gap each; a range over
+    twice the symbols present, gaps summing below it, or else shorter than the range)."""
+    levels = max(1, min(levels, n, span))
+    code = len(varints(count_codes([max(n, 1)])))  # the longest count code: every symbol the same
+    few = min(levels, max(1, (span - 1) // 2))  # symbols present in a range over twice their number
+    # gaps of 128 and more take 2+ bytes: fewer of them the more bytes each, their sum below the range
+    extra = min(sum(span // 128**j for j in range(1, 10)), (few - 1) * (len(varints([span])) - 1))
+    head = len(varints([max(span, levels)])) + 1 + first_bytes
+    return head + max(
+        min(span, 2 * levels) * code,  # dense
+        few * code + few - 1 + extra,  # sparse, a wide range
+        levels * (code - 1) + min(span, 2 * levels),  # sparse, shorter than the dense range
+        levels * (code + 1) - 1,  # every symbol of the range present: gaps of 0
+    )
+
+
+def bitmap_counts(n: int, kept: int) -> tuple[np.ndarray, np.ndarray]:
+    """(alphabet, counts) of the bitmap of a mask of `n` entries, `kept` of them True."""
+    alphabet, counts = np.array([0, 1], np.int64), np.array([n - kept, kept], np.int64)
+    present = counts > 0
+    return alphabet[present], counts[present]
+
+
+def bitmap_bits(n: int, kept: int) -> float:
+    """`estimate_bits` of the bitmap of a mask of `n` entries, `kept` of them True, from the counts
+    alone: ≈ n·H(kept/n) + its table. `code_mask` never picks a coding estimated above it."""
+    alphabet, counts = bitmap_counts(n, kept)
+    c = counts.astype(np.float64)
+    entropy = float(-(c * np.log2(c / n)).sum()) if n else 0.0
+    return entropy + 8 * len(Table.of_counts(alphabet, counts).to_bytes())
+
+
 # --- masks ------------------------------------------------------------------------------------------
 
 
@@ -236,7 +300,7 @@ def code_mask(mask: np.ndarray) -> MaskCode:
     flat = np.asarray(mask, dtype=bool).ravel()
     bitmap = flat.astype(np.int64)
     best = MaskCode("bitmap", 0, Stream.of(bitmap), b"")
-    best_bits = estimate_bits(bitmap)
+    best_bits = bitmap_bits(flat.size, int(flat.sum()))
     positions = np.flatnonzero(flat)
     if positions.size == 0:
         return best

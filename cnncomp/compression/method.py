@@ -78,6 +78,9 @@ class Method:
     # keep the model of the last epoch, not the one of best validation accuracy (which may be a
     # denser one, picked by a criterion blind to size)
     keeps_last_epoch: ClassVar[bool] = False
+    # the kept set is learned in training (sparse VD): at most ⌈keep·n⌉ of a layer's n values, the
+    # count known only after training (the planner bounds the file at that budget)
+    learned_kept: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))

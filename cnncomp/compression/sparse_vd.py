@@ -249,6 +249,7 @@ class SparseVD(Method):
         "log_sigma2_init": INIT_LOG_SIGMA2,
     }
     keeps_last_epoch: ClassVar[bool] = True
+    learned_kept: ClassVar[bool] = True
 
     def check(self) -> None:
         _require_number(self.threshold, "threshold (log alpha)")

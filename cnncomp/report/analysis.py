@@ -1,10 +1,11 @@
 """Placing the records of a set of sweeps: one per cell, the missing cells, per (model, dataset)
-groups in report order, the dense baseline and Δ of each row, and the Pareto front."""
+groups in report order, the dense baseline and Δ of each row, and the Pareto fronts: of accuracy
+against the compression ratio (stored values) and against the compressed file's bytes."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,25 @@ PLACED = ("model", "dataset", "kernel", "layers", "kernel.keep", "recipe")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points (compression ratio, accuracy) that no other point dominates (at least
-    as compressed and as accurate, better in one), sorted by ratio. Equal points are all kept."""
+    """Indices of the points (x, accuracy), larger x better (e.g. the compression ratio), that no
+    other point dominates (at least as good in both, better in one), sorted by x. Equal points are
+    all kept."""
     front = []
     for i, (x, y) in enumerate(points):
         dominated = any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def mark_front(rows: Sequence[dict[str, Any]], key: Callable[[Mapping[str, Any]], Any], flag: str) -> None:
+    """Set `flag` on each completed row with a test accuracy and a number for `key` (larger is
+    better): True on the Pareto front of (key, test accuracy) among them, else False. Rows without
+    (failed, or a record from before `key` existed) get no `flag`."""
+    done = [r for r in rows if r.get("status") == "completed" and number(r.get("test_acc")) and number(key(r))]
+    front = set(pareto_front([(key(r), r["test_acc"]) for r in done]))
+    for i, r in enumerate(done):
+        r[flag] = i in front
 
 
 @dataclass
@@ -68,6 +80,18 @@ def number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def file_bytes(r: Mapping[str, Any]) -> int | None:
+    """The compressed file's bytes (None for records from before the codec wrote one)."""
+    b = r.get("file_bytes")
+    return b if number(b) and b > 0 else None
+
+
+def fewer_bytes(r: Mapping[str, Any]) -> int | None:
+    """The Pareto key of the file's size: larger is better, so its bytes negated."""
+    b = file_bytes(r)
+    return None if b is None else -b
+
+
 def analyze(dirs: Sequence[str | Path]) -> Report:
     """Read and place every record: deduplicate, find missing cells, baselines, Δ and Pareto fronts."""
     dirs = [Path(d) for d in dirs]
@@ -103,10 +127,8 @@ def analyze(dirs: Sequence[str | Path]) -> Report:
         rows = groups[key]
         rows.sort(key=lambda r: (kernel_order(method_label(r)), str(r.get("layers")), r.get("keep") or 0, r["_other"]))
         _baselines(rows)
-        done = [r for r in rows if r.get("status") == "completed" and number(r.get("test_acc"))]
-        front = pareto_front([(ratio(r), r["test_acc"]) for r in done])
-        for i, r in enumerate(done):
-            r["_pareto"] = i in front
+        mark_front(rows, ratio, "_pareto")
+        mark_front(rows, fewer_bytes, "_pareto_bytes")  # the decoded file's accuracy against its bytes
     records = [r for key in sorted(groups) for r in groups[key]]
     return Report(records, missing, started, common, varying, duplicates, {k: groups[k] for k in sorted(groups)})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cnncomp.atomic as atomic
 from cnncomp.report.analysis import Report, analyze
-from cnncomp.report.plot import plot_group
+from cnncomp.report.plot import BYTES, COMPRESSION, plot_group
 from cnncomp.report.records import RESULT, NoRecords, check_dirs
 from cnncomp.report.tables import render_csv, render_markdown
 
@@ -33,11 +33,12 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> R
         raise NoRecords(f"{', '.join(map(str, dirs))}: no readable run record ({RESULT})")
     out = Path(out) if out is not None else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    plots = {}
+    plots: dict[tuple[str, str], list[str]] = {}
     for (model, dataset), rows in report.groups.items():
-        name = f"accuracy_vs_compression_{_slug(model)}_{_slug(dataset)}.png"
-        if plot_group(rows, f"{model} on {dataset}", out / name):
-            plots[(model, dataset)] = name
+        for what, xaxis in (("compression", COMPRESSION), ("bytes", BYTES)):
+            name = f"accuracy_vs_{what}_{_slug(model)}_{_slug(dataset)}.png"
+            if plot_group(rows, f"{model} on {dataset}", out / name, xaxis):
+                plots.setdefault((model, dataset), []).append(name)
     atomic.write_bytes(out / "report.md", render_markdown(report, dirs, plots).encode())
     atomic.write_bytes(out / "results.csv", render_csv(report).encode())
     return report
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     completed = sum(r.get("status") == "completed" for r in report.records)
     print(
         f"{len(report.records)} cells: {completed} completed, {len(report.failed)} failed/diverged/interrupted, "
-        f"{len(report.missing)} missing -> {out / 'report.md'}, {out / 'results.csv'}, {len(report.groups)} plot(s)"
+        f"{len(report.missing)} missing -> {out / 'report.md'}, {out / 'results.csv'}, "
+        f"plots of {len(report.groups)} model/dataset group(s)"
     )
     return 0

@@ -1,21 +1,51 @@
-"""The accuracy-vs-compression plot of one model and dataset (matplotlib, imported when plotting)."""
+"""The plots of one model and dataset (matplotlib, imported when plotting): test accuracy against the
+compression ratio (stored values), and the decoded file's test accuracy against the file's bytes."""
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cnncomp.atomic as atomic
-from cnncomp.report.analysis import baseline, kernel_order, method_label, number, ratio
+from cnncomp.report.analysis import baseline, file_bytes, kernel_order, method_label, number, ratio
 
 # the swept numeric axes along which the plot joins cells with a line: (what, how it reads, style)
 LINE_AXES = (("keep", "keep", "-"), ("method.kl_scale", "λ (method.kl_scale)", "--"))
 LAYER_MARKERS = {"linear": "o", "conv": "s", "all": "^"}
 MORE_MARKERS = ("v", "P", "X", "<", ">", "h", "p")
 DENSE_MARKER = "D"  # kernel=none, black
+
+
+def _bytes_label(x: float) -> str:
+    return f"{x / 2**20:g} MiB" if x >= 2**20 else f"{x / 1024:g} KiB" if x >= 1024 else f"{x:g} B"
+
+
+@dataclass(frozen=True)
+class XAxis:
+    """What a plot puts on its log x axis: a record's value there, the record key of its Pareto
+    front (`analysis.mark_front`), the axis and legend labels, and the tick labels (log base)."""
+
+    value: Callable[[Mapping[str, Any]], float | None]
+    front: str
+    label: str
+    legend: str
+    tick: Callable[[float], str]
+    base: int = 10
+    ylabel: str = "test accuracy (%)"
+
+
+COMPRESSION = XAxis(
+    ratio, "_pareto", "compression ratio (dense / stored values incl. index cost, log scale)", "Pareto front (★)",
+    lambda x: f"{x:g}×",
+)  # fmt: skip
+BYTES = XAxis(
+    file_bytes, "_pareto_bytes", "compressed file, model.cnnc (bytes, log scale)", "Pareto front in bytes",
+    _bytes_label, base=2, ylabel="test accuracy of the decoded file (%)",
+)  # fmt: skip
 
 
 def _axis_value(r: Mapping[str, Any], axis: str) -> float | None:
@@ -48,16 +78,18 @@ def plot_lines(done: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[M
     return lines
 
 
-def front_line(done: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The Pareto-optimal cells in order of compression: accuracy falls as the ratio rises."""
-    return sorted((r for r in done if r.get("_pareto")), key=lambda r: (ratio(r), -r["test_acc"]))
+def front_line(done: Sequence[Mapping[str, Any]], xaxis: XAxis = COMPRESSION) -> list[Mapping[str, Any]]:
+    """The Pareto-optimal cells along `axis`: in order of compression, accuracy falling as the ratio
+    rises; in order of bytes, accuracy rising with them."""
+    return sorted((r for r in done if r.get(xaxis.front)), key=lambda r: (xaxis.value(r), -r["test_acc"]))
 
 
-def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> bool:
-    """Accuracy against compression ratio (log x): a colour per method (`method_label`), a marker per
-    layer set, lines only along a swept numeric axis (keep, λ), the dense baseline dashed and the
-    Pareto front as a highlighted band through ringed points in order of compression. False when
-    nothing is plotted."""
+def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path, xaxis: XAxis = COMPRESSION) -> bool:
+    """Accuracy against `xaxis` (log x: the compression ratio, or the file's bytes, whose records hold
+    the decoded file's accuracy): a colour per method (`method_label`), a marker per layer set, lines
+    only along a swept numeric axis (keep, λ), the dense baseline dashed and the Pareto front as a
+    highlighted band through ringed points in order along x. False when nothing is plotted (no
+    completed cell with a value on `xaxis`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +98,7 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
     from matplotlib.lines import Line2D
 
     done = [r for r in rows if r.get("status") == "completed" and number(r.get("test_acc"))]
-    done = [r for r in done if number(ratio(r))]
+    done = [r for r in done if number(xaxis.value(r))]
     if not done:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
@@ -78,9 +110,9 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
     marker = {lay: LAYER_MARKERS.get(lay) or next(extra) for lay in layer_sets}
 
     def xy(rs):
-        return [ratio(r) for r in rs], [100 * r["test_acc"] for r in rs]
+        return [xaxis.value(r) for r in rs], [100 * r["test_acc"] for r in rs]
 
-    front = front_line(done)
+    front = front_line(done, xaxis)
     if front:  # under everything: a wide pale band, straight segments in order of compression
         ax.plot(*xy(front), color="gold", linewidth=7, alpha=0.45, solid_capstyle="round", zorder=1)
     style = {axis: ls for axis, _, ls in LINE_AXES}
@@ -89,7 +121,7 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
     for r in done:
         dense = r.get("kernel") == "none"
         ax.scatter(
-            ratio(r),
+            xaxis.value(r),
             100 * r["test_acc"],
             marker=DENSE_MARKER if dense else marker[str(r.get("layers"))],
             s=30,
@@ -127,15 +159,14 @@ def plot_group(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> boo
         handles.append(
             Line2D([], [], color="gold", alpha=0.6, linewidth=6, marker="o", markersize=10, mfc="none", mec="black")
         )
-        labels.append("Pareto front (★)")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
-    # minor ticks: only the 2× and 5× of each decade are labelled, so labels do not run together
-    ax.xaxis.set_minor_formatter(
-        matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}×" if f"{x:.1e}"[0] in "25" else "")
-    )
-    ax.set_xlabel("compression ratio (dense / stored values incl. index cost, log scale)")
-    ax.set_ylabel("test accuracy (%)")
+        labels.append(xaxis.legend)
+    ax.set_xscale("log", base=xaxis.base)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: xaxis.tick(x)))
+    # minor ticks (base 10): only the 2× and 5× of each decade are labelled, so labels do not run together
+    minor = (lambda x, _: xaxis.tick(x) if f"{x:.1e}"[0] in "25" else "") if xaxis.base == 10 else (lambda x, _: "")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+    ax.set_xlabel(xaxis.label)
+    ax.set_ylabel(xaxis.ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

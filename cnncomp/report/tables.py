@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cnncomp.report.analysis import Report, baseline, method_label, number, ratio
+from cnncomp.report.analysis import Report, baseline, file_bytes, method_label, number, ratio
 from cnncomp.sweep import cell_key
 from cnncomp.training.record import RunRecord
 
@@ -23,7 +23,7 @@ from cnncomp.training.record import RunRecord
 # after it, provenance last, and every other field in the record's order between them
 
 LEAD = ("status", "model", "dataset", "kernel", "layers", "keep", "selection", "method", "test_acc")
-COMPUTED = ("baseline_test_acc", "delta_test_acc", "pareto")
+COMPUTED = ("baseline_test_acc", "delta_test_acc", "pareto", "pareto_bytes")
 TAIL = ("config_hash", "started_at", "ended_at", "error", "overrides", "run_dir")
 
 
@@ -65,7 +65,7 @@ JOINED_FIELDS = record_columns()[1]
 
 def csv_row(r: Mapping[str, Any]) -> dict[str, Any]:
     """One flat CSV row of a record: its scalar fields, the overrides joined by spaces, and the
-    report's baseline, Δ and Pareto membership."""
+    report's baseline, Δ and Pareto memberships (pareto_bytes: empty for a record without file bytes)."""
     row = {k: r.get(k) for k in CSV_FIELDS}
     for k in JOINED_FIELDS:
         row[k] = " ".join(r.get(k) or [])
@@ -73,6 +73,7 @@ def csv_row(r: Mapping[str, Any]) -> dict[str, Any]:
     row["baseline_test_acc"] = r.get("_baseline")
     row["delta_test_acc"] = r.get("_delta")
     row["pareto"] = r.get("_pareto", False)
+    row["pareto_bytes"] = r.get("_pareto_bytes")
     return row
 
 
@@ -130,7 +131,10 @@ def _head(report: Report, dirs: Sequence[Path]) -> list[str]:
         "Δ is in percentage points against the "
         "dense baseline (kernel=none) of the same model and dataset. Ratio: dense / stored values; "
         "with index: the bits that say which coefficients a mask kept counted in too (32 per value), "
-        "the ratio ★ (the Pareto front of accuracy against compression) and the plots use.",
+        "the ratio ★ (the Pareto front of accuracy against compression) and the plots use. "
+        "File: the compressed file model.cnnc (the codec's bytes; its test accuracy is the decoded file's), "
+        "× bytes: the dense model's fp32 bytes over it; bytes ★: the Pareto front of accuracy against the "
+        "file's bytes (fewer bytes, higher accuracy).",
         "",
     ]
 
@@ -139,7 +143,7 @@ def _table(rows: Sequence[Mapping[str, Any]], other: bool) -> list[str]:
     """The table of one model and dataset, with an `other` column when other overrides vary."""
     lines = [] if baseline(rows) is not None else ["No completed dense baseline (kernel=none) yet.", ""]
     head = ["method", "layers", "keep"] + (["other"] if other else []) + ["status", "test acc %", "Δ pp"]
-    head += ["stored values", "index bits", "ratio", "with index", "file", "× bytes", "images/s", "front"]
+    head += ["stored values", "index bits", "ratio", "with index", "file", "× bytes", "images/s", "front", "bytes ★"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [method_label(r), str(r.get("layers")), _fmt(r.get("keep"), "g")]
@@ -156,9 +160,41 @@ def _table(rows: Sequence[Mapping[str, Any]], other: bool) -> list[str]:
             _fmt(r.get("file_ratio"), ".1f", "×"),
             _fmt(r.get("images_per_s"), ",.0f"),
             "★" if r.get("_pareto") else "",
+            "★" if r.get("_pareto_bytes") else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _bytes_front(rows: Sequence[Mapping[str, Any]], other: bool) -> list[str]:
+    """The Pareto front in bytes of one model and dataset, fewest bytes first, and a note on the
+    completed cells left out for want of a file (records from before the codec)."""
+    done = [r for r in rows if r.get("status") == "completed" and number(r.get("test_acc"))]
+    left_out = sum(file_bytes(r) is None for r in done)
+    note = (
+        [f"{left_out} completed cell(s) without `file_bytes` (records from before the codec wrote model.cnnc) "
+         "left out of the front in bytes and its plot.", ""]
+        if left_out else []
+    )  # fmt: skip
+    front = sorted((r for r in done if r.get("_pareto_bytes")), key=lambda r: (file_bytes(r), -r["test_acc"]))
+    if not front:
+        return note
+    head = ["method", "layers", "keep"] + (["other"] if other else [])
+    head += ["file bytes", "× bytes", "bits / value", "test acc %", "Δ pp"]
+    lines = ["Pareto front in bytes (the decoded file's accuracy against its size, fewest bytes first):", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in front:
+        cells = [method_label(r), str(r.get("layers")), _fmt(r.get("keep"), "g")]
+        cells += [_md_escape(r["_other"]) or "–"] if other else []
+        cells += [
+            _fmt_int(file_bytes(r)),
+            _fmt(r.get("file_ratio"), ".1f", "×"),
+            _fmt(r.get("bits_per_value"), ".2f"),
+            _fmt(100 * r["test_acc"], ".2f"),
+            _fmt(100 * r["_delta"] if r.get("_delta") is not None else None, "+.2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""] + note
 
 
 def _failed_and_missing(report: Report) -> list[str]:
@@ -182,11 +218,13 @@ def _failed_and_missing(report: Report) -> list[str]:
     return lines
 
 
-def render_markdown(report: Report, dirs: Sequence[Path], plots: Mapping[tuple[str, str], str]) -> str:
-    """report.md: the head, per model and dataset its table and plot, then the failed and missing cells."""
+def render_markdown(report: Report, dirs: Sequence[Path], plots: Mapping[tuple[str, str], Sequence[str]]) -> str:
+    """report.md: the head, per model and dataset its table, its Pareto front in bytes and its plots,
+    then the failed and missing cells."""
     lines = _head(report, dirs)
     for (model, dataset), rows in report.groups.items():
         lines += [f"## {model} on {dataset}", ""] + _table(rows, bool(report.varying))
-        if (model, dataset) in plots:
-            lines += [f"![{model} on {dataset}]({plots[(model, dataset)]})", ""]
+        lines += _bytes_front(rows, bool(report.varying))
+        for name in plots.get((model, dataset), ()):
+            lines += [f"![{model} on {dataset}: accuracy vs {name.split('_')[2]}]({name})", ""]
     return "\n".join(lines + _failed_and_missing(report))

@@ -128,7 +128,13 @@ def file_meta(config: dict[str, Any], model_args: dict[str, Any]) -> dict[str, A
 def load(path: str | Path) -> torch.nn.Module:
     """The model a compressed file (or a run dir's model.cnnc) holds, decoded, in eval mode."""
     path = Path(path).expanduser()
-    meta, state = codec.read_file(path / MODEL_FILE if path.is_dir() else path)
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        what = (
+            f"a run dir without {MODEL_FILE} (the run failed or has not finished)" if path.is_dir() else "no such file"
+        )
+        raise FileNotFoundError(f"cannot load {str(path)!r}: {what}; give a {MODEL_FILE} or the run dir holding one")
+    meta, state = codec.read_file(file)
     config, args = meta["config"], meta["model_args"]
     method = run_method(config)
     shape = {k: args[k] for k in ("num_classes", "in_channels", "image_size")}

@@ -54,3 +54,11 @@ def test_a_bad_codec_option_is_a_clear_error(tmp_path, make_cfg, quick):
     r = train(make_cfg([*quick, "codec.bits=40"]), tmp_path)
     assert r["status"] == "failed" and "codec" in r["error"] and "40" in r["error"]
     assert not (tmp_path / MODEL_FILE).exists()
+
+
+def test_loading_a_run_dir_without_its_file_names_the_dir(tmp_path):
+    (tmp_path / "result.json").write_text("{}")  # a failed run: a record, no model.cnnc
+    with pytest.raises(FileNotFoundError, match=f"cannot load '{tmp_path}': a run dir without model.cnnc"):
+        cnncomp.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model.pt.cnnc'.*no such file"):
+        cnncomp.load(tmp_path / "model.pt.cnnc")

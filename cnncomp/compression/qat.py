@@ -85,9 +85,10 @@ class KMeansFakeQuant(nn.Module):
 
 def values_tensors(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """(owner, attribute) of every tensor of `model`'s state_dict that the codec quantizes."""
-    found = []
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if codec.tensor_kind(name, tensor) == "values":
+    found, state = [], model.state_dict(keep_vars=True)
+    kinds = codec.tensor_kinds(state)  # an original coded under its own prior (EPR) is not quantized
+    for name in state:
+        if kinds[name] == "values":
             prefix, _, attr = name.rpartition(".")
             found.append((model.get_submodule(prefix), attr))
     return found

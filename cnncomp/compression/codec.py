@@ -13,8 +13,8 @@ varints; a frequency layer's `freq` and `phase` always at float32 (the weight is
 A parametrization can supply its own symbols and probability model instead (EPR's integer latents):
 when it holds a tensor named `prior_log_scale` (broadcastable to its `original`), that `original`
 must be integer-valued and is coded as those integers under the discretized Laplace prior with
-scale exp(prior_log_scale) (`entropy.PriorStream`), not quantized; the log scales and the decoder's
-`decoder_scale` / `decoder_shift` are stored at float32, so the file decodes to the exact model.
+scale exp(prior_log_scale) (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
+tensors are stored at float32, so the file decodes to the exact model.
 
 File layout (little-endian):
 
@@ -70,7 +70,7 @@ _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
 _VALUES = re.compile(r"\.parametrizations\.[^.]+\.original\d*$")
 _MASK = re.compile(r"\.parametrizations\.[^.]+\.\d+\.mask$")
-_EXACT = re.compile(r"\.parametrizations\.[^.]+\.\d+\.(freq|phase|decoder_scale|decoder_shift|prior_log_scale)$")
+_EXACT = re.compile(r"\.parametrizations\.[^.]+\.\d+\.(freq|phase|decoder_\w+|prior_\w+)$")
 _PRIOR = re.compile(r"^(.*\.parametrizations\.[^.]+)\.\d+\.prior_log_scale$")
 
 

@@ -3,7 +3,8 @@
 Oktay, Ballé, Singh & Shrivastava, "Scalable Model Compression by Entropy Penalized
 Reparameterization", ICLR 2020. Each compressed layer stores an integer latent tensor Z of its
 weight's shape in the kernel's basis; a per-layer affine decoder gives the coefficients
-C = a ⊙ Z + b (a, b shared per (kh, kw) frequency position of a Conv2d, one pair for a Linear) and
+C = a ⊙ (Z + β) (the step a = exp(decoder_log_step) and the shift b = a·β shared per (kh, kw)
+frequency position of a Conv2d, one pair for a Linear) and
 W = C ×_a B_aᵀ (`TransformWeight`). A learned prior per decoder group, the discretized Laplace
 p(k) = F(k + ½) − F(k − ½) of scale s = exp(prior_log_scale) over the integers, says what Z costs;
 training adds λ·ln 2·bits / N to the mean cross-entropy (the two-part code length per example:
@@ -46,21 +47,24 @@ def round_ste(z: torch.Tensor) -> torch.Tensor:
 
 
 class EPRWeight(TransformWeight):
-    """W = (a ⊙ round(Z) + b) ×_a B_aᵀ over full bases; `original` is the continuous latent Z,
-    integer once `finish`ed. a (`decoder_scale`), b (`decoder_shift`) and the prior's log scale
-    (`prior_log_scale`) have the decoder group's shape: (1, 1, kh, kw) for a Conv2d, (1, 1) for a Linear."""
+    """W = a ⊙ (round(Z) + β) ×_a B_aᵀ over full bases; `original` is the continuous latent Z,
+    integer once `finish`ed. log a (`decoder_log_step`), the shift β in steps (`decoder_shift`: the
+    decoder's bias is b = a·β) and the prior's log scale (`prior_log_scale`) have the decoder group's
+    shape: (1, 1, kh, kw) for a Conv2d, (1, 1) for a Linear. Every parameter is in latent units or a
+    log, so Adam's step (about lr per parameter, whatever its scale) means the same for all of them:
+    with a itself a parameter, a step of 1e-3 on an a of 1e-2 would change the layer by 10 %."""
 
     def __init__(self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], init_step: float, dtype, device):
         super().__init__(shape, bases, None)
         group = (1, 1, *shape[2:])
         self.init_step = float(init_step)
-        self.decoder_scale = nn.Parameter(torch.ones(group, dtype=dtype, device=device))
+        self.decoder_log_step = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
         self.decoder_shift = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
         self.prior_log_scale = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The coefficients C = a ⊙ round(Z) + b (straight-through in training)."""
-        return self.decoder_scale * round_ste(z) + self.decoder_shift
+        """The coefficients C = a ⊙ (round(Z) + β) (straight-through in training)."""
+        return self.decoder_log_step.exp() * (round_ste(z) + self.decoder_shift)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return super().forward(self.decode(z))
@@ -68,16 +72,17 @@ class EPRWeight(TransformWeight):
     @torch.no_grad()
     def fit(self, coeffs: torch.Tensor) -> torch.Tensor:
         """Set the decoder and the prior for coefficients `coeffs` and return their latents:
-        b = the group's mean, a = init_step × the group's std (rounding error std a/√12: 7 % of the
-        coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|."""
+        b = a·β = the group's mean, a = init_step × the group's std (rounding error std a/√12: 7 % of
+        the coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|."""
         dims = (0, 1)
         shift = coeffs.mean(dims, keepdim=True)
         std = coeffs.std(dims, keepdim=True) if coeffs.shape[0] * coeffs.shape[1] > 1 else coeffs.abs()
         fallback = coeffs.std() if coeffs.numel() > 1 else coeffs.abs().max()
         std = torch.where(std > 0, std, fallback if fallback > 0 else torch.ones_like(std))
-        self.decoder_shift.copy_(shift)
-        self.decoder_scale.copy_(self.init_step * std)
-        z = (coeffs - shift) / self.decoder_scale
+        step = self.init_step * std
+        self.decoder_log_step.copy_(step.log())
+        self.decoder_shift.copy_(shift / step)
+        z = (coeffs - shift) / step
         self.prior_log_scale.copy_(z.abs().mean(dims, keepdim=True).clamp_min(1e-3).log())
         return z
 
@@ -88,7 +93,7 @@ class EPRWeight(TransformWeight):
 
     def stored(self) -> int:
         # the latents, and a, b and the prior's scale per group
-        return math.prod(self.shape) + 3 * self.decoder_scale.numel()
+        return math.prod(self.shape) + 3 * self.decoder_shift.numel()
 
     @torch.no_grad()
     def variance_init(self, chain: nn.Module, std: float) -> None:
@@ -103,7 +108,7 @@ class EPRWeight(TransformWeight):
         return -laplace_log2_pmf(x, self.prior_log_scale).sum()
 
     def no_weight_decay(self) -> tuple[str, ...]:
-        return ("decoder_scale", "decoder_shift", "prior_log_scale")
+        return ("decoder_log_step", "decoder_shift", "prior_log_scale")
 
 
 def _epr_layers(model: nn.Module):
@@ -120,7 +125,7 @@ def rate_bits(model: nn.Module, noisy: bool = False) -> torch.Tensor:
 
 def decoder_values(model: nn.Module) -> int:
     """The floats that are not latents: a, b and the prior's scale of every EPR layer."""
-    return sum(3 * param.decoder_scale.numel() for _, param, _ in _epr_layers(model))
+    return sum(3 * param.decoder_shift.numel() for _, param, _ in _epr_layers(model))
 
 
 @register_method

@@ -86,7 +86,7 @@ def test_gradients_reach_the_latents_the_decoder_and_the_prior():
     (F.cross_entropy(model(x), y) + penalty()).backward()
     for m in _layers(model):
         p = m.parametrizations.weight[0]
-        for t in (m.parametrizations.weight.original, p.decoder_scale, p.decoder_shift, p.prior_log_scale):
+        for t in (m.parametrizations.weight.original, p.decoder_log_step, p.decoder_shift, p.prior_log_scale):
             assert t.grad is not None and t.grad.abs().sum() > 0
     # the prior's scale gets its gradient from the rate only, the decoder from the data only
     model.zero_grad()
@@ -98,7 +98,7 @@ def test_its_decoder_and_prior_take_no_weight_decay():
     layer = compress_module(nn.Linear(8, 4), kernel="dct", keep=1.0, method="epr")
     decayed, exempt = build_optimizer(layer, name="sgd", lr=0.1, weight_decay=0.1).param_groups
     p = layer.parametrizations.weight[0]
-    assert {id(t) for t in exempt["params"]} == {id(layer.bias), id(p.decoder_scale), id(p.decoder_shift), id(p.prior_log_scale)}
+    assert {id(t) for t in exempt["params"]} == {id(layer.bias), id(p.decoder_log_step), id(p.decoder_shift), id(p.prior_log_scale)}
 
 
 def test_a_layer_of_zero_latents_decodes_to_the_inverse_transformed_bias():
@@ -107,8 +107,8 @@ def test_a_layer_of_zero_latents_decodes_to_the_inverse_transformed_bias():
     with torch.no_grad():
         conv.parametrizations.weight.original.zero_()
         p.decoder_shift.copy_(torch.randn(p.decoder_shift.shape))
-    # C = a·0 + b: b at every (out, in) frequency of its (kh, kw) position, inverse-transformed on all four axes
-    coeffs = p.decoder_shift.detach().expand(4, 3, 5, 5)
+    # C = a·(0 + β) = b at every (out, in) frequency of its (kh, kw) position, inverse-transformed on all four axes
+    coeffs = (p.decoder_log_step.exp() * p.decoder_shift).detach().expand(4, 3, 5, 5)
     bo, bi, bk = (basis("dct", n, dtype=torch.float32) for n in (4, 3, 5))
     expected = torch.einsum("po,qi,rh,sw,pqrs->oihw", bo, bi, bk, bk, coeffs)
     assert torch.allclose(conv.weight, expected, atol=1e-6)
@@ -176,9 +176,9 @@ def test_the_penalty_is_lambda_ln2_bits_per_example():
     method = build_method("epr", rate_weight=3.0)
     penalty = method.penalty(model, stage=method.stages(2)[0], epoch=1, num_train=500)
     torch.manual_seed(0)
-    value = penalty().item()
+    value = penalty().detach().item()
     torch.manual_seed(0)
-    assert value == pytest.approx(3.0 * math.log(2) / 500 * float(rate_bits(model, noisy=True)), rel=1e-6)
+    assert value == pytest.approx(3.0 * math.log(2) / 500 * rate_bits(model, noisy=True).detach().item(), rel=1e-6)
     assert build_method("epr", rate_weight=0.0).penalty(model, stage=method.stages(2)[0], epoch=1, num_train=5) is None
 
 

@@ -246,7 +246,9 @@ def _plan_raw(t: torch.Tensor, kind: str, spec: CodecSpec, record: dict) -> _Pla
 def _plan_symbols(t: torch.Tensor, log_scale: torch.Tensor, prior: str, record: dict) -> _Plan:
     v = t.detach().cpu().to(torch.float64).numpy().ravel()
     if not np.isfinite(v).all() or not np.array_equal(v, np.rint(v)) or (v.size and np.abs(v).max() >= 2**31):
-        raise ValueError(f"{record['name']}: values coded under a prior must be int32 integers (finish the method first)")
+        raise ValueError(
+            f"{record['name']}: values coded under a prior must be int32 integers (finish the method first)"
+        )
     scales = entropy.prior_scales(log_scale.detach().cpu().numpy(), t.shape)
     stream = entropy.PriorStream(v.astype(np.int64), scales)
     lo, hi = stream.bounds()

@@ -154,7 +154,11 @@ class EPR(Method):
         axes, bases, notes = transform_bases(module, kernel, axes, wavelet=wavelet)
         param = EPRWeight(tuple(weight.shape), bases, self.init_step, weight.dtype, weight.device)
         group = "per (kh, kw) position" if weight.ndim == 4 else "per layer"
-        return param, axes, notes + [f"EPR: integer latents, affine decoder and Laplace prior {group}; keep does not apply"]
+        return (
+            param,
+            axes,
+            notes + [f"EPR: integer latents, affine decoder and Laplace prior {group}; keep does not apply"],
+        )
 
     def stages(self, max_epochs: int) -> list[Stage]:
         return [Stage("epr", max_epochs)]

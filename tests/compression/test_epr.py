@@ -26,7 +26,11 @@ def _epr_lenet(seed=0, init="variance", kernel="dct"):
 
 
 def _layers(model):
-    return [m for m in model.modules() if hasattr(m, "parametrizations") and isinstance(m.parametrizations.weight[0], EPRWeight)]
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "parametrizations") and isinstance(m.parametrizations.weight[0], EPRWeight)
+    ]
 
 
 def _train_toy(model, steps=30, rate_weight=1.0, seed=0):
@@ -98,7 +102,12 @@ def test_its_decoder_and_prior_take_no_weight_decay():
     layer = compress_module(nn.Linear(8, 4), kernel="dct", keep=1.0, method="epr")
     decayed, exempt = build_optimizer(layer, name="sgd", lr=0.1, weight_decay=0.1).param_groups
     p = layer.parametrizations.weight[0]
-    assert {id(t) for t in exempt["params"]} == {id(layer.bias), id(p.decoder_log_step), id(p.decoder_shift), id(p.prior_log_scale)}
+    assert {id(t) for t in exempt["params"]} == {
+        id(layer.bias),
+        id(p.decoder_log_step),
+        id(p.decoder_shift),
+        id(p.prior_log_scale),
+    }
 
 
 def test_a_layer_of_zero_latents_decodes_to_the_inverse_transformed_bias():

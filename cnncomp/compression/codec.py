@@ -10,6 +10,12 @@ masks are coded as a bitmap or as gaps between kept positions, whichever is smal
 else (biases, norm statistics, counters) is stored raw: floats as float16 or float32, integers as
 varints; a frequency layer's `freq` and `phase` always at float32 (the weight is sensitive to them).
 
+A parametrization can supply its own symbols and probability model instead (EPR's integer latents):
+when it holds a tensor named `prior_log_scale` (broadcastable to its `original`), that `original`
+must be integer-valued and is coded as those integers under the discretized Laplace prior with
+scale exp(prior_log_scale) (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
+tensors are stored at float32, so the file decodes to the exact model.
+
 File layout (little-endian):
 
     b"CNNC" | version: uint16 | header length: uint32 | header: zlib(JSON) | side bytes
@@ -26,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -37,7 +42,7 @@ import numpy as np
 import torch
 
 import cnncomp.atomic as atomic
-from cnncomp.compression import entropy
+from cnncomp.compression import entropy, kinds
 from cnncomp.compression.entropy import empirical_entropy_bits
 from cnncomp.compression.quantizers import dequantize_uniform, kmeans_symbols, uniform_symbols
 
@@ -55,7 +60,6 @@ __all__ = [
     "quantize",
     "read_file",
     "store_of",
-    "tensor_kind",
     "write_file",
 ]
 
@@ -65,9 +69,6 @@ QUANTIZERS = ("uniform", "kmeans", "none")
 OTHERS = ("float16", "float32")
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
-_VALUES = re.compile(r"\.parametrizations\.[^.]+\.original\d*$")
-_MASK = re.compile(r"\.parametrizations\.[^.]+\.\d+\.mask$")
-_EXACT = re.compile(r"\.parametrizations\.[^.]+\.\d+\.(freq|phase)$")
 
 
 class CodecError(ValueError):
@@ -119,23 +120,6 @@ class FileStats:
 
     def as_dict(self) -> dict:
         return asdict(self) | {"bits_per_value": self.bits_per_value}
-
-
-# --- what each tensor is ------------------------------------------------------------------------------
-
-
-def tensor_kind(name: str, tensor: torch.Tensor) -> str:
-    """ "values" (stored values, quantized: a compressed layer's originals, and the weight matrix or
-    filters of a layer left dense), "mask" (a selection's kept positions), "exact" (a frequency
-    layer's freq/phase: at least float32) or "raw" (biases, normalization parameters and statistics)."""
-    dense_weight = name.endswith(".weight") and tensor.ndim >= 2
-    if (_VALUES.search(name) or dense_weight) and tensor.is_floating_point():
-        return "values"
-    if _MASK.search(name) and tensor.dtype == torch.bool:
-        return "mask"
-    if _EXACT.search(name) and tensor.is_floating_point():
-        return "exact"
-    return "raw"
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -238,9 +222,23 @@ def _plan_raw(t: torch.Tensor, kind: str, spec: CodecSpec, record: dict) -> _Pla
     return _Plan(record, data, None, decoded, "other", 8 * len(data))
 
 
-def _plan(name: str, t: torch.Tensor, spec: CodecSpec) -> _Plan:
-    kind = tensor_kind(name, t)
+def _plan_symbols(t: torch.Tensor, log_scale: torch.Tensor, prior: str, record: dict) -> _Plan:
+    v = t.detach().cpu().to(torch.float64).numpy().ravel()
+    if not np.isfinite(v).all() or not np.array_equal(v, np.rint(v)) or (v.size and np.abs(v).max() >= 2**31):
+        raise ValueError(
+            f"{record['name']}: values coded under a prior must be int32 integers (finish the method first)"
+        )
+    scales = entropy.prior_scales(log_scale.detach().cpu().numpy(), t.shape)
+    stream = entropy.PriorStream(v.astype(np.int64), scales)
+    lo, hi = stream.bounds()
+    record.update(prior=prior, lo=lo, hi=hi)
+    return _Plan(record, b"", stream, t.detach().cpu().clone(), "value")
+
+
+def _plan(name: str, t: torch.Tensor, spec: CodecSpec, kind: str, prior: tuple[str, torch.Tensor] | None) -> _Plan:
     record = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype), "kind": kind}
+    if kind == "symbols":
+        return _plan_symbols(t.detach().cpu(), prior[1], prior[0], record)
     if kind == "values":
         return _plan_values(t.detach().cpu(), spec, record)
     if kind == "mask":
@@ -249,12 +247,14 @@ def _plan(name: str, t: torch.Tensor, spec: CodecSpec) -> _Plan:
 
 
 def _plans(state_dict: dict[str, torch.Tensor], spec: CodecSpec) -> list[_Plan]:
-    plans = []
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: the codec stores tensors only, got {type(t).__name__}")
-        plans.append(_plan(name, t, spec))
-    return plans
+    prior_of, kind_of = kinds.priors(state_dict), kinds.tensor_kinds(state_dict)
+    return [
+        _plan(n, t, spec, kind_of[n], (prior_of[n], state_dict[prior_of[n]]) if n in prior_of else None)
+        for n, t in state_dict.items()
+    ]
 
 
 def quantize(state_dict: dict[str, torch.Tensor], spec: CodecSpec | None = None) -> dict[str, torch.Tensor]:
@@ -303,8 +303,9 @@ def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tu
     dtype) in state_dict order: each record as `encode` writes it, its numbers at their longest,
     deflated at zlib's worst case (compressBound: stored blocks), plus magic, version and crc32."""
     records = []
-    for name, shape, dtype in tensors:
-        record = _plan(name, torch.zeros((1,) * len(shape), dtype=dtype), spec).record | {"side": 0}
+    zeros = {name: torch.zeros((1,) * len(shape), dtype=dtype) for name, shape, dtype in tensors}
+    for plan, (_, shape, _) in zip(_plans(zeros, spec), tensors, strict=True):
+        record = plan.record | {"side": 0}
         for key, value in record.items():
             if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
                 record[key] = _LONGEST_FLOAT if isinstance(value, float) else _LONGEST_INT
@@ -319,7 +320,7 @@ def _stats(plans: list[_Plan], coded: list[int], total_bytes: int) -> FileStats:
     for plan, c in zip(plans, coded, strict=True):
         tensors[plan.record["name"]] = c + plan.side_bits
         bits[plan.bits_kind] += c + plan.side_bits
-    stored = sum(math.prod(p.record["shape"]) for p in plans if p.record["kind"] == "values")
+    stored = sum(math.prod(p.record["shape"]) for p in plans if p.record["kind"] in ("values", "symbols"))
     header = 8 * total_bytes - sum(bits.values())
     return FileStats(total_bytes, bits["value"], bits["index"], bits["other"], header, stored, tensors)
 
@@ -370,12 +371,16 @@ def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, torch.
         if len(words) != 4 * header["ans_words"]:
             raise ValueError(f"{len(words)} bytes of coded words, the header says {header['ans_words']} words")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-        side = data[start : start + side_len]
-        state_dict, pos = {}, 0
-        for record in header["records"]:
-            chunk = side[pos : pos + record["side"]]
-            pos += record["side"]
-            state_dict[record["name"]] = _decode_record(record, entropy.Reader(chunk), coder)
+        side, records = data[start : start + side_len], header["records"]
+        ends = np.cumsum([0] + [r["side"] for r in records]).tolist()
+        chunks = [side[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        # raw tensors first (they use no coded words): a prior's log scales follow its symbols
+        decoded = {}
+        for coded in (False, True):
+            for record, chunk in zip(records, chunks, strict=True):
+                if (record["kind"] not in ("raw", "exact")) == coded:
+                    decoded[record["name"]] = _decode_record(record, entropy.Reader(chunk), coder, decoded)
+        state_dict = {r["name"]: decoded[r["name"]] for r in records}
         if not coder.is_empty():
             raise ValueError("coded words left over after the last tensor")
     except CodecError:
@@ -385,10 +390,14 @@ def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, torch.
     return header["meta"], state_dict
 
 
-def _decode_record(record: dict, reader: entropy.Reader, coder) -> torch.Tensor:
+def _decode_record(record: dict, reader: entropy.Reader, coder, decoded: dict) -> torch.Tensor:
     shape, dtype, kind = record["shape"], dtype_of(record["dtype"]), record["kind"]
     n = math.prod(shape)
-    if kind == "values":
+    if kind == "symbols":
+        scales = entropy.prior_scales(decoded[record["prior"]].numpy(), shape)
+        symbols = entropy.decode_prior(coder, scales, record["lo"], record["hi"])
+        tensor = torch.from_numpy(symbols.astype(np.float64)).to(dtype)
+    elif kind == "values":
         tensor = _decode_values(record, reader, coder, n, dtype)
     elif kind == "mask":
         flat = entropy.decode_mask(coder, reader, record["index"], record["escape"], n, record["kept"])

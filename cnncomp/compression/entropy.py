@@ -339,3 +339,50 @@ def decode_mask(coder, reader: Reader, index: str, escape: int, numel: int, kept
     flat = np.zeros(numel, dtype=bool)
     flat[positions] = True
     return flat
+
+
+# --- integer symbols under a stored parametric prior --------------------------------------------------
+
+
+def prior_scales(log_scale: np.ndarray, shape: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Per-symbol Laplace scales exp(log_scale) (float64), `log_scale` broadcast to `shape` and
+    flattened in row-major order: the encoder and the decoder compute them from the same stored
+    float32 log scales, so both hold the same model."""
+    scale = np.exp(np.asarray(log_scale, dtype=np.float32).astype(np.float64))
+    return np.ascontiguousarray(np.broadcast_to(scale, tuple(shape)).ravel())
+
+
+def _laplace(lo: int, hi: int):
+    # bins [k - ½, k + ½) of Laplace(0, scale) on lo..hi (leaky: every symbol in range is codable)
+    return constriction.stream.model.QuantizedLaplace(lo, hi)
+
+
+@dataclass
+class PriorStream:
+    """Integer symbols coded under a discretized Laplace prior p(k) = F(k + ½) − F(k − ½), F the CDF
+    of Laplace(0, scale_i), one scale per symbol (constriction's QuantizedLaplace over the symbols'
+    range lo..hi, which the header holds): a learned prior whose parameters are stored, not counts
+    (EPR, Oktay et al., ICLR 2020)."""
+
+    symbols: np.ndarray  # int64
+    scales: np.ndarray  # float64, one per symbol
+
+    def bounds(self) -> tuple[int, int]:
+        return (int(self.symbols.min()), int(self.symbols.max())) if self.symbols.size else (0, 0)
+
+    def encode(self, coder) -> int:
+        """Push onto `coder`; returns the bits it added. One distinct symbol costs nothing (lo == hi)."""
+        lo, hi = self.bounds()
+        if lo == hi:
+            return 0
+        before = coder.num_valid_bits()
+        means = np.zeros_like(self.scales)
+        coder.encode_reverse(self.symbols.astype(np.int32), _laplace(lo, hi), means, self.scales)
+        return coder.num_valid_bits() - before
+
+
+def decode_prior(coder, scales: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The symbols of a `PriorStream` with these per-symbol `scales` and range lo..hi (int64)."""
+    if scales.size == 0 or lo == hi:
+        return np.full(scales.size, lo, dtype=np.int64)
+    return coder.decode(_laplace(lo, hi), np.zeros_like(scales), scales).astype(np.int64)

@@ -4,7 +4,7 @@ estimate of model.cnnc.
 Training changes the stored values but not what the file holds of them: their count per tensor, the
 masks' sizes (and, for a selection fixed before training, their kept counts), the other tensors'
 shapes and dtypes, and the header's config. So the file is bounded from these alone, with the
-codec's own rules (`codec.tensor_kind`, `codec.store_of`, `codec.header_bound`, the entropy coder's
+codec's own rules (`kinds.tensor_kind`, `codec.store_of`, `codec.header_bound`, the entropy coder's
 `bitmap_bits`, `stream_bits_bound` and `table_bytes_bound`):
 
 - quantized values: ≤ log2(levels) bits a value before entropy coding (uniform at b bits: a grid
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnncomp.compression import codec, entropy
+from cnncomp.compression import codec, entropy, kinds
 from cnncomp.compression.method import stored_parametrization
 
 
@@ -131,7 +131,7 @@ def file_bound(tensors: list[Slot], spec: codec.CodecSpec, meta: dict | None = N
     value = index = other = tables = 0.0
     stored = 0
     for slot in tensors:
-        kind = codec.tensor_kind(slot.name, torch.zeros((1,) * len(slot.shape), dtype=slot.dtype))
+        kind = kinds.tensor_kind(slot.name, torch.zeros((1,) * len(slot.shape), dtype=slot.dtype))
         if kind == "values":
             bits, table = _value_bits(slot, spec)
             value, tables, stored = value + bits, tables + table, stored + slot.numel

@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning: train the stored values through the codec's own quantizer.
 
-Every tensor the codec quantizes (`codec.tensor_kind` "values") gets a fake quantizer, registered
+Every tensor the codec quantizes (`kinds.tensor_kind` "values") gets a fake quantizer, registered
 with `torch.nn.utils.parametrize` on the module or ParametrizationList that holds it, so that the
 forward sees exactly what the file decodes:
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnncomp.compression import codec
+from cnncomp.compression import codec, kinds
 from cnncomp.compression.quantizers import kmeans_symbols, uniform_step
 
 
@@ -85,9 +85,10 @@ class KMeansFakeQuant(nn.Module):
 
 def values_tensors(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """(owner, attribute) of every tensor of `model`'s state_dict that the codec quantizes."""
-    found = []
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if codec.tensor_kind(name, tensor) == "values":
+    found, state = [], model.state_dict(keep_vars=True)
+    kind_of = kinds.tensor_kinds(state)  # an original coded under its own prior (EPR) is not quantized
+    for name in state:
+        if kind_of[name] == "values":
             prefix, _, attr = name.rpartition(".")
             found.append((model.get_submodule(prefix), attr))
     return found

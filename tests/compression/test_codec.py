@@ -16,9 +16,9 @@ from cnncomp.compression.codec import (
     encode,
     quantize,
     read_file,
-    tensor_kind,
     write_file,
 )
+from cnncomp.compression.kinds import tensor_kind
 from cnncomp.models import build_model
 
 CASES = {

@@ -150,5 +150,5 @@ def test_frequency_needs_a_kernel_with_frequencies():
     for kernel in ("identity", "wavelet"):
         with pytest.raises(ValueError, match=f"method=frequency.*{kernel!r}.*dct, dst, dft"):
             compress_module(nn.Linear(4, 4), kernel=kernel, keep=0.5, method="frequency")
-    with pytest.raises(ValueError, match="unknown method 'fourier'; allowed: frequency, lowrank, sparse_vd"):
+    with pytest.raises(ValueError, match="unknown method 'fourier'; allowed: epr, frequency, lowrank, sparse_vd"):
         compress_module(nn.Linear(4, 4), kernel="dct", keep=0.5, method="fourier")

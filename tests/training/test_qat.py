@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 import cnncomp
-from cnncomp.compression import codec, compress_model, qat
+from cnncomp.compression import codec, compress_model, kinds, qat
 from cnncomp.config import check_config
 from cnncomp.errors import ConfigError
 from cnncomp.models import build_model
@@ -42,7 +42,7 @@ def fake_quantized_model(run_dir: Path, checkpoint: str = "last.pt") -> torch.nn
 
 
 def values(state: dict) -> dict:
-    return {k: v for k, v in state.items() if codec.tensor_kind(k, v) == "values"}
+    return {k: v for k, v in state.items() if kinds.tensor_kind(k, v) == "values"}
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])

@@ -1,0 +1,194 @@
+"""Entropy penalized reparameterization in a transform domain: `method=epr`.
+
+Oktay, Ballé, Singh & Shrivastava, "Scalable Model Compression by Entropy Penalized
+Reparameterization", ICLR 2020. Each compressed layer stores an integer latent tensor Z of its
+weight's shape in the kernel's basis; a per-layer affine decoder gives the coefficients
+C = a ⊙ (Z + β) (the step a = exp(decoder_log_step) and the shift b = a·β shared per (kh, kw)
+frequency position of a Conv2d, one pair for a Linear) and
+W = C ×_a B_aᵀ (`TransformWeight`). A learned prior per decoder group, the discretized Laplace
+p(k) = F(k + ½) − F(k − ½) of scale s = exp(prior_log_scale) over the integers, says what Z costs;
+training adds λ·ln 2·bits / N to the mean cross-entropy (the two-part code length per example:
+λ = 1 is the MDL/ELBO weighting). The file codes Z under that same prior (`codec`: a parametrization
+holding `prior_log_scale` supplies its own symbols), so the rate trained is the rate stored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from cnncomp.compression.coefficients import TransformWeight, transform_bases
+from cnncomp.compression.method import Method, Stage, register_method
+
+MIN_LOG_SCALE = math.log(1e-3)  # a prior narrower than this codes every latent as 0 at ~0 bits anyway
+MIN_PROB = 2.0**-24  # the coder's leaky floor (24-bit probabilities): no symbol costs more than 24 bits
+
+
+def laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log2 of F(x + ½) − F(x − ½), F the CDF of Laplace(0, s = exp(log_scale)) (broadcast), in a form
+    that does not cancel: |x| ≥ ½: ½·e^{−(|x|−½)/s}·(1 − e^{−1/s}); |x| < ½: 1 − ½(e^{−(½+x)/s} + e^{−(½−x)/s})."""
+    s = log_scale.clamp_min(MIN_LOG_SCALE).exp()
+    ax = x.abs()
+    outer = math.log(0.5) - (ax.clamp_min(0.5) - 0.5) / s + torch.log(-torch.expm1(-1.0 / s))
+    inner_x = ax.clamp_max(0.5)  # both branches are evaluated: keep each one's input in its domain
+    inner = torch.log1p(-0.5 * (torch.exp(-(0.5 + inner_x) / s) + torch.exp(-(0.5 - inner_x) / s)))
+    log_p = torch.where(ax >= 0.5, outer, inner)
+    return log_p.clamp_min(math.log(MIN_PROB)) / math.log(2.0)
+
+
+def round_ste(z: torch.Tensor) -> torch.Tensor:
+    """round(z) forward, identity backward (straight-through, Bengio et al. 2013)."""
+    return z + (torch.round(z) - z).detach()
+
+
+class EPRWeight(TransformWeight):
+    """W = a ⊙ (round(Z) + β) ×_a B_aᵀ over full bases; `original` is the continuous latent Z,
+    integer once `finish`ed. log a (`decoder_log_step`), the shift β in steps (`decoder_shift`: the
+    decoder's bias is b = a·β) and the prior's log scale (`prior_log_scale`) have the decoder group's
+    shape: (1, 1, kh, kw) for a Conv2d, (1, 1) for a Linear. Every parameter is in latent units or a
+    log, so Adam's step (about lr per parameter, whatever its scale) means the same for all of them:
+    with a itself a parameter, a step of 1e-3 on an a of 1e-2 would change the layer by 10 %."""
+
+    def __init__(self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], init_step: float, dtype, device):
+        super().__init__(shape, bases, None)
+        group = (1, 1, *shape[2:])
+        self.init_step = float(init_step)
+        self.decoder_log_step = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
+        self.decoder_shift = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
+        self.prior_log_scale = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The coefficients C = a ⊙ (round(Z) + β) (straight-through in training)."""
+        return self.decoder_log_step.exp() * (round_ste(z) + self.decoder_shift)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.decode(z))
+
+    @torch.no_grad()
+    def fit(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Set the decoder and the prior for coefficients `coeffs` and return their latents:
+        b = a·β = the group's mean, a = init_step × the group's std (rounding error std a/√12: 7 % of
+        the coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|."""
+        dims = (0, 1)
+        shift = coeffs.mean(dims, keepdim=True)
+        std = coeffs.std(dims, keepdim=True) if coeffs.shape[0] * coeffs.shape[1] > 1 else coeffs.abs()
+        fallback = coeffs.std() if coeffs.numel() > 1 else coeffs.abs().max()
+        std = torch.where(std > 0, std, fallback if fallback > 0 else torch.ones_like(std))
+        step = self.init_step * std
+        self.decoder_log_step.copy_(step.log())
+        self.decoder_shift.copy_(shift / step)
+        z = (coeffs - shift) / step
+        self.prior_log_scale.copy_(z.abs().mean(dims, keepdim=True).clamp_min(1e-3).log())
+        return z
+
+    @torch.no_grad()
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """The latents of a dense weight: its projection onto the basis, decoder and prior fitted to it."""
+        return self.fit(super().right_inverse(weight))
+
+    def stored(self) -> int:
+        # the latents, and a, b and the prior's scale per group
+        return math.prod(self.shape) + 3 * self.decoder_shift.numel()
+
+    @torch.no_grad()
+    def variance_init(self, chain: nn.Module, std: float) -> None:
+        """From scratch: coefficients C ~ N(0, std²) (orthonormal bases keep W's variance), then `fit`."""
+        coeffs = torch.randn(self.shape, dtype=chain.original.dtype, device=chain.original.device) * std
+        chain.original.copy_(self.fit(coeffs))
+
+    def rate_bits(self, z: torch.Tensor, noisy: bool) -> torch.Tensor:
+        """Bits of the latents under the prior: of round(Z) (what the file codes, up to the coder's
+        fixed-point probabilities), or of Z + U(−½, ½) (the training rate)."""
+        x = z + torch.rand_like(z) - 0.5 if noisy else torch.round(z)
+        return -laplace_log2_pmf(x, self.prior_log_scale).sum()
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        return ("decoder_log_step", "decoder_shift", "prior_log_scale")
+
+
+def _epr_layers(model: nn.Module):
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations.weight[0], EPRWeight):
+            yield module, module.parametrizations.weight[0], module.parametrizations.weight.original
+
+
+def rate_bits(model: nn.Module, noisy: bool = False) -> torch.Tensor:
+    """Σ over `model`'s EPR layers of their latents' bits (`EPRWeight.rate_bits`); 0 when there are none."""
+    terms = [param.rate_bits(z, noisy) for _, param, z in _epr_layers(model)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def decoder_values(model: nn.Module) -> int:
+    """The floats that are not latents: a, b and the prior's scale of every EPR layer."""
+    return sum(3 * param.decoder_shift.numel() for _, param, _ in _epr_layers(model))
+
+
+@register_method
+class EPR(Method):
+    """Entropy penalized reparameterization (Oktay et al. 2020) on the coefficients in the kernel's basis."""
+
+    name: ClassVar[str] = "epr"
+    options: ClassVar[dict] = {
+        "rate_weight": 1.0,  # λ: the rate's weight relative to the two-part code length's ln2·bits/N
+        "init_step": 0.25,  # the decoder's initial step a, as a fraction of each group's coefficient std
+    }
+    # the last epoch is the trained trade-off; the best-validation one may be an earlier, larger model
+    keeps_last_epoch: ClassVar[bool] = True
+
+    def check(self) -> None:
+        for key, low in (("rate_weight", 0.0), ("init_step", None)):
+            value = getattr(self, key)
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            if bad or (value < low if low is not None else value <= 0):
+                raise ValueError(f"{key} must be a number {'>= 0' if low is not None else '> 0'}, got {value!r}")
+
+    def parametrization(
+        self, module: nn.Module, *, kernel: str, keep: float, axes: tuple[int, ...], init: str, wavelet: str
+    ) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+        weight = module.weight.detach()
+        axes, bases, notes = transform_bases(module, kernel, axes, wavelet=wavelet)
+        param = EPRWeight(tuple(weight.shape), bases, self.init_step, weight.dtype, weight.device)
+        group = "per (kh, kw) position" if weight.ndim == 4 else "per layer"
+        return (
+            param,
+            axes,
+            notes + [f"EPR: integer latents, affine decoder and Laplace prior {group}; keep does not apply"],
+        )
+
+    def stages(self, max_epochs: int) -> list[Stage]:
+        return [Stage("epr", max_epochs)]
+
+    def penalty(self, model: nn.Module, *, stage: Stage, epoch: int, num_train: int) -> Callable | None:
+        """λ·ln2·bits/N: the latents' code length in nats per training example, next to the mean
+        cross-entropy. The rate is taken on Z + U(−½, ½), EPR's (and Ballé et al. 2018's) relaxation:
+        its density at an integer is the prior's p(k), and unlike the rate of round(Z) (piecewise
+        constant in Z) its gradient moves every latent, not just through a straight-through guess;
+        the forward still sees round(Z), the straight-through estimator's job."""
+        if stage.name != "epr" or not self.rate_weight:
+            return None
+        weight = self.rate_weight * math.log(2.0) / num_train
+        return lambda: weight * rate_bits(model, noisy=True)
+
+    def epoch_metrics(self, model: nn.Module) -> dict:
+        with torch.no_grad():
+            return {"rate_bits": round(float(rate_bits(model)))}
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> None:
+        """Round the latents in place: the forward is unchanged, the state_dict holds the integers."""
+        for _, _, z in _epr_layers(model):
+            z.copy_(torch.round(z))
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        """A finished EPR model has its built structure; its latents must be the integers a file holds."""
+        names = {id(m): n for n, m in model.named_modules()}
+        for module, _, _ in _epr_layers(model):
+            z = state_dict[f"{names[id(module)]}.parametrizations.weight.original"]
+            if not torch.equal(z, torch.round(z)):
+                raise ValueError(f"{names[id(module)]}: EPR latents must be integers (a finished model)")

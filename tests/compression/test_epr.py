@@ -1,0 +1,219 @@
+"""method=epr: integer latents in a transform domain, an affine decoder and a learned Laplace prior;
+the file codes the latents under that prior and decodes to the trained model exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnncomp
+from cnncomp.compression import build_method, codec, compress_model, compress_module
+from cnncomp.compression.epr import EPRWeight, laplace_log2_pmf, rate_bits
+from cnncomp.models import build_model
+from cnncomp.train import train
+from cnncomp.training.engine import build_optimizer
+from cnncomp.transforms import basis
+
+
+def _epr_lenet(seed=0, init="variance", kernel="dct"):
+    torch.manual_seed(seed)
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    model, _ = compress_model(model, kernel=kernel, layers="all", keep=1.0, method="epr", init=init)
+    return model
+
+
+def _layers(model):
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "parametrizations") and isinstance(m.parametrizations.weight[0], EPRWeight)
+    ]
+
+
+def _train_toy(model, steps=30, rate_weight=1.0, seed=0):
+    """A few Adam steps on random images and labels with EPR's penalty (N = 1000 examples)."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    method = build_method("epr", rate_weight=rate_weight)
+    penalty = method.penalty(model, stage=method.stages(1)[0], epoch=1, num_train=1000)
+    opt = build_optimizer(model, name="adamw", lr=1e-2, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        (F.cross_entropy(model(x), y) + (penalty() if penalty else 0)).backward()
+        opt.step()
+    return method
+
+
+def _laplace_cdf(x, s):
+    return torch.where(x < 0, 0.5 * torch.exp(x / s), 1 - 0.5 * torch.exp(-x / s))
+
+
+def test_the_laplace_pmf_is_the_cdf_difference_and_sums_to_one():
+    log_scale = torch.tensor([-2.0, 0.0, 1.5, 3.0], dtype=torch.float64)[:, None]
+    s = log_scale.exp()
+    k = torch.arange(-400, 401, dtype=torch.float64)[None, :]
+    p = 2 ** laplace_log2_pmf(k, log_scale)
+    ref = (_laplace_cdf(k + 0.5, s) - _laplace_cdf(k - 0.5, s)).clamp_min(2.0**-24)
+    assert torch.allclose(p, ref, rtol=1e-6, atol=0)  # the reference cancels in the tails: 1e-16 / p
+    # the floor 2^-24 (the coder's leaky minimum) adds at most 801·2^-24; s = e^3 leaves mass past ±400
+    assert torch.allclose(p.sum(1)[:3], torch.ones(3, dtype=torch.float64), atol=801 * 2.0**-24)
+    # continuous arguments too (the noisy training rate): F(x + ½) − F(x − ½)
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    s = torch.tensor(0.3, dtype=torch.float64).exp()
+    ref = _laplace_cdf(x + 0.5, s) - _laplace_cdf(x - 0.5, s)
+    assert torch.allclose(2 ** laplace_log2_pmf(x, s.log()), ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["dct", "dst", "dft", "wavelet", "identity"])
+def test_projection_rounds_to_a_small_error_and_the_decoder_costs_a_few_floats(kernel):
+    torch.manual_seed(0)
+    dense = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    model = _epr_lenet(seed=0, kernel=kernel, init="project")  # the same seed: the same dense weights
+    pairs = zip(_layers(model), [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))], strict=True)
+    for m, d in pairs:
+        err = float((m.weight - d.weight).detach().norm() / d.weight.detach().norm())
+        # rounding error std a/√12 with a = 0.25 × the group's std: about 7 % of the weights'
+        assert 0.03 < err < 0.12, err
+        groups = 25 if d.weight.ndim == 4 else 1
+        assert m.parametrizations.weight[0].stored() == d.weight.numel() + 3 * groups
+
+
+def test_gradients_reach_the_latents_the_decoder_and_the_prior():
+    model = _epr_lenet()
+    method = build_method("epr")
+    penalty = method.penalty(model, stage=method.stages(1)[0], epoch=1, num_train=100)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    (F.cross_entropy(model(x), y) + penalty()).backward()
+    for m in _layers(model):
+        p = m.parametrizations.weight[0]
+        for t in (m.parametrizations.weight.original, p.decoder_log_step, p.decoder_shift, p.prior_log_scale):
+            assert t.grad is not None and t.grad.abs().sum() > 0
+    # the prior's scale gets its gradient from the rate only, the decoder from the data only
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert all(m.parametrizations.weight[0].prior_log_scale.grad is None for m in _layers(model))
+
+
+def test_its_decoder_and_prior_take_no_weight_decay():
+    layer = compress_module(nn.Linear(8, 4), kernel="dct", keep=1.0, method="epr")
+    decayed, exempt = build_optimizer(layer, name="sgd", lr=0.1, weight_decay=0.1).param_groups
+    p = layer.parametrizations.weight[0]
+    assert {id(t) for t in exempt["params"]} == {
+        id(layer.bias),
+        id(p.decoder_log_step),
+        id(p.decoder_shift),
+        id(p.prior_log_scale),
+    }
+
+
+def test_a_layer_of_zero_latents_decodes_to_the_inverse_transformed_bias():
+    conv = compress_module(nn.Conv2d(3, 4, 5), kernel="dct", keep=1.0, method="epr")
+    p = conv.parametrizations.weight[0]
+    with torch.no_grad():
+        conv.parametrizations.weight.original.zero_()
+        p.decoder_shift.copy_(torch.randn(p.decoder_shift.shape))
+    # C = a·(0 + β) = b at every (out, in) frequency of its (kh, kw) position, inverse-transformed on all four axes
+    coeffs = (p.decoder_log_step.exp() * p.decoder_shift).detach().expand(4, 3, 5, 5)
+    bo, bi, bk = (basis("dct", n, dtype=torch.float32) for n in (4, 3, 5))
+    expected = torch.einsum("po,qi,rh,sw,pqrs->oihw", bo, bi, bk, bk, coeffs)
+    assert torch.allclose(conv.weight, expected, atol=1e-6)
+    model = nn.Sequential(conv)
+    data, stats = codec.encode(model.state_dict(), {}, codec.CodecSpec(other="float32"))
+    assert stats.tensors["0.parametrizations.weight.original"] == 0  # one symbol: nothing coded
+    _, decoded = codec.decode(data)
+    model.load_state_dict(decoded)
+    assert torch.allclose(conv.weight, expected, atol=1e-6)
+    assert torch.equal(decoded["0.parametrizations.weight.original"], torch.zeros(4, 3, 5, 5))
+
+
+def test_estimated_bits_match_the_coded_latents_and_the_file_decodes_to_the_same_outputs(tmp_path):
+    model = _epr_lenet()
+    method = _train_toy(model)
+    method.finish(model)
+    model.eval()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, estimate = model(x), float(rate_bits(model))
+    stats = codec.write_file(tmp_path / "m.cnnc", model.state_dict(), {}, codec.CodecSpec(other="float32"))
+    coded = sum(bits for name, bits in stats.tensors.items() if name.endswith(".original"))
+    assert coded == stats.value_bits
+    assert abs(coded / estimate - 1) < 0.03, (coded, estimate)
+    assert estimate > 10_000  # enough coded bits that the coder's flush and fixed point are small
+    # the decoder and the prior: 3 float32 per group (25 per conv, 1 per linear), in the file
+    side = sum(bits for name, bits in stats.tensors.items() if ".parametrizations.weight.0." in name)
+    assert side == 32 * 3 * (25 + 25 + 1 + 1 + 1)
+    _, decoded = codec.read_file(tmp_path / "m.cnnc")
+    fresh = _epr_lenet(seed=5)
+    build_method("epr").restore(fresh, decoded)
+    fresh.load_state_dict(decoded)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), logits)
+    # default codec: the latents, decoder and prior are still exact; only biases go to float16
+    _, half = codec.decode(codec.encode(model.state_dict())[0])
+    for name, t in model.state_dict().items():
+        if ".parametrizations." in name:
+            assert torch.equal(half[name], t), name
+
+
+def test_unfinished_latents_are_refused_by_the_codec_and_restore():
+    model = _epr_lenet()
+    with torch.no_grad():
+        _layers(model)[0].parametrizations.weight.original.add_(0.3)
+    with pytest.raises(ValueError, match="must be int32 integers"):
+        codec.encode(model.state_dict())
+    with pytest.raises(ValueError, match="must be integers"):
+        build_method("epr").restore(model, model.state_dict())
+
+
+def test_the_rate_falls_when_lambda_grows():
+    rates = []
+    for lam in (0.0, 1.0, 10.0):
+        model = _epr_lenet()
+        _train_toy(model, steps=40, rate_weight=lam)
+        with torch.no_grad():
+            rates.append(float(rate_bits(model)))
+    assert rates[0] > rates[1] > rates[2]
+    assert rates[2] < 0.98 * rates[0]  # 40 Adam steps of 1e-2 move a latent by 0.4 at most
+
+
+def test_the_penalty_is_lambda_ln2_bits_per_example():
+    model = _epr_lenet()
+    method = build_method("epr", rate_weight=3.0)
+    penalty = method.penalty(model, stage=method.stages(2)[0], epoch=1, num_train=500)
+    torch.manual_seed(0)
+    value = penalty().detach().item()
+    torch.manual_seed(0)
+    assert value == pytest.approx(3.0 * math.log(2) / 500 * rate_bits(model, noisy=True).detach().item(), rel=1e-6)
+    assert build_method("epr", rate_weight=0.0).penalty(model, stage=method.stages(2)[0], epoch=1, num_train=5) is None
+
+
+@pytest.mark.parametrize("bad", [{"rate_weight": -1.0}, {"init_step": 0}, {"rate_weight": "a"}])
+def test_bad_options_name_the_value(bad):
+    key = next(iter(bad))
+    with pytest.raises(ValueError, match=key):
+        build_method("epr", **bad)
+
+
+def test_it_trains_through_the_app_and_loads_from_its_file(make_cfg, quick, tmp_path):
+    cfg = make_cfg(quick + ["recipe=epr", "trainer.max_epochs=2", "method.rate_weight=0.5"])
+    result = train(cfg, tmp_path)
+    assert result["status"] == "completed", result["error"]
+    assert result["method"] == "epr"
+    assert result["file_bytes"] == (tmp_path / "model.cnnc").stat().st_size
+    assert result["file_ratio"] == pytest.approx(4 * result["dense_params"] / result["file_bytes"])
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert "rate_bits" in rows[0]
+    model = cnncomp.load(tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    latents = [t for n, t in state.items() if n.endswith(".original")]
+    assert latents and all(torch.equal(t, t.round()) for t in latents)
+    loaded = model.state_dict()
+    for name, t in state.items():
+        if ".parametrizations." in name:
+            assert torch.equal(loaded[name], t), name
+    assert isinstance(_layers(model)[0].parametrizations.weight[0], EPRWeight)
+    assert np.isfinite(result["test_acc"])

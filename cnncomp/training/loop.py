@@ -78,6 +78,12 @@ class Run:
         self._build_model()
         if config["method"]["init"] == "gain":
             self._match_gain()
+        elif config["method"]["init"] == "project" and not config["model"].get("pretrained"):
+            log.warning(
+                "method.init=project without model.pretrained projects a random init: the projection keeps part "
+                "of its energy per layer (a random row's best one-term fit ~2 ln n / n of it, recipe=frequency), "
+                "and the signal may vanish; use method.init=variance or gain, or give model.pretrained"
+            )
         self.steps = min(len(self.data.train), t["limit_train_batches"] or len(self.data.train))
         # the schedule spans the method's epochs: it has annealed when the quantize stage begins
         self.optimizer, self.schedule = self._optimizer(t["lr"], t["schedule"], t["max_epochs"] - self.quantize_epochs)

@@ -115,3 +115,10 @@ def test_the_train_app_runs_it_on_a_training_batch(make_cfg, quick, tmp_path, ca
 def test_an_unknown_init_names_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown init 'lsuv'; allowed: variance, gain, project"):
         compress_model(_net(), kernel="dct", layers="all", keep=0.5, init="lsuv")
+
+
+def test_projecting_a_random_init_is_warned_about(make_cfg, quick, tmp_path, caplog):
+    cfg = make_cfg([*quick, "recipe=frequency"])
+    with caplog.at_level("WARNING", logger="cnncomp"):
+        train(cfg, tmp_path)
+    assert "method.init=project without model.pretrained projects a random init" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -75,6 +76,9 @@ def _signals_interrupt():
 def _deterministic(enabled: bool):
     previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     if enabled:
+        # cuBLAS is deterministic only with a fixed workspace; without this variable every CUDA
+        # matmul raises under torch's deterministic mode (set before this process's first cuBLAS call)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     try:

@@ -77,11 +77,14 @@ CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".egg-info")
 
 def _untracked_files() -> set[str]:
     """Files in the checkout git does not track (ignored ones too), caches left out."""
-    out = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    except FileNotFoundError:  # no git (a bare GPU machine with a copy of the tree): nothing to compare
+        return set()
     paths = {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
     return {p for p in paths if not p.startswith(".venv/") and not any(c in p for c in CACHES)}
 

@@ -68,7 +68,8 @@ def test_every_step_runs_and_is_recorded_whatever_the_others_do(tmp_path):
     assert r18.startswith(f"-m cnncomp.bench {gpu} --model resnet18") and f"--out {out}/bench-resnet18.json" in r18
     assert fc.startswith(f"-m cnncomp.bench {gpu} --model alexnet --layers linear --sections step,infer")
     assert study == f"-m cnncomp.train --multirun experiment=cifar10_study hydra.sweep.dir={out}/study " + (
-        "trainer.max_epochs=2 model=lenet"
+        "model=alexnet kernel=none,dct kernel.keep=0.1 layers=all method.init=variance,gain "
+        "trainer.precision=bf16 trainer.channels_last=true trainer.max_epochs=2 model=lenet"
     )
     assert report == f"-m cnncomp.report {out}/study"
 

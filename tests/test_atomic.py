@@ -74,8 +74,8 @@ def test_every_artifact_of_a_run_and_its_report_follows_the_umask(mask, want, tm
         r = train(make_cfg([*quick, "kernel=dct", "trainer.max_epochs=2"]), run_dir=run)
         assert r["status"] == "completed"
         write_report([run])
-    plots = sorted(run.glob("*.png"))
-    assert len(plots) == 1
-    got = {name: mode(run / name) for name in [*RUN_FILES, *REPORT_FILES, plots[0].name]}
+    plots = sorted(p.name for p in run.glob("*.png"))
+    assert plots == ["accuracy_vs_bytes_lenet_synthetic.png", "accuracy_vs_compression_lenet_synthetic.png"]
+    got = {name: mode(run / name) for name in [*RUN_FILES, *REPORT_FILES, *plots]}
     assert got == {name: want for name in got}
     assert not list(run.glob(".*.tmp"))

@@ -123,11 +123,6 @@ def rate_bits(model: nn.Module, noisy: bool = False) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def decoder_values(model: nn.Module) -> int:
-    """The floats that are not latents: a, b and the prior's scale of every EPR layer."""
-    return sum(3 * param.decoder_shift.numel() for _, param, _ in _epr_layers(model))
-
-
 @register_method
 class EPR(Method):
     """Entropy penalized reparameterization (Oktay et al. 2020) on the coefficients in the kernel's basis."""

@@ -53,7 +53,7 @@ def test_help_lists_each_groups_options_and_no_private_file(root, conf_dir):
     out = cli(["--help"], cwd=root).stdout
     for group in GROUPS:
         assert f"{group}: {', '.join(options(conf_dir, group))}\n" in out, group
-    assert "method: epr, frequency, lowrank, sparse_vd, transform\n" in out and "_options" not in out
+    assert "method: epr, frequency, lowrank, sparse_vd, transform, vae\n" in out and "_options" not in out
 
 
 @pytest.mark.parametrize("model", ["lenet", "lenet5_caffe"])

@@ -5,7 +5,7 @@ parametrization; the module keeps its class), `compress_model` the chosen layers
 `fold` gives the plain dense model, `stored_params` / `index_bits` what is stored.
 """
 
-from cnncomp.compression import epr, frequency, lowrank, sparse_vd, transform  # noqa: F401  (register the methods)
+from cnncomp.compression import epr, frequency, lowrank, sparse_vd, transform, vae  # noqa: F401  (register the methods)
 from cnncomp.compression.gain import match_dense_gain
 from cnncomp.compression.layers import (
     KERNELS,

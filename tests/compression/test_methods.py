@@ -21,6 +21,7 @@ LABELS = {
     "lowrank": ("identity", "lowrank"),
     "frequency": ("dct", "frequency"),
     "epr": ("dct", "epr"),
+    "vae": ("identity", "vae"),
 }
 
 

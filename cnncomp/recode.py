@@ -20,7 +20,7 @@ import torch
 from cnncomp.compression import codec
 from cnncomp.data import DataNotFoundError, DataSpec, build_data
 from cnncomp.training import engine
-from cnncomp.training.model import MODEL_FILE, load
+from cnncomp.training.model import MODEL_FILE, file_meta, load
 
 DEFAULT_CODECS = ["none", "uniform:8,6,5,4", "kmeans:5,4"]
 
@@ -43,7 +43,8 @@ def recode(run_dir: Path, specs: Sequence[codec.CodecSpec]) -> list[dict]:
     model = load(run_dir)  # the run's finished structure (e.g. pruned)
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)  # its fp32 values
     meta, _ = codec.read_file(run_dir / MODEL_FILE)
-    config = meta["config"]
+    meta = file_meta(meta["config"], meta["model_args"])  # the header a run writes now, whatever its file's
+    config = record["config"]
     data = build_data(DataSpec.from_config(config["dataset"], config["trainer"]))
     rows = []
     for spec in specs:

@@ -178,7 +178,7 @@ def test_the_file_bound_is_at_least_the_file_a_run_writes(run, tmp_path, make_cf
 
 def test_the_plan_prints_each_cells_bound_on_its_own_file():
     """kernel=none at codec.bits=8: 8.006 bits a weight (2**8 + 1 levels), 236 fp16 biases, the
-    count tables and the header (the resolved config is in it) at their longest."""
+    count tables and the header (the config that rebuilds the model is in it) at their longest."""
     from cnncomp.compression import codec
     from cnncomp.compression.file_bound import file_bound, slots
     from cnncomp.training.model import file_meta

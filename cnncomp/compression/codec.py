@@ -7,14 +7,17 @@ factors, frequency amplitudes) are quantized per tensor, uniformly or by k-means
 initialized codebook (Deep Compression's best initialization), and their symbols entropy-coded with
 a categorical model of their own counts (constriction's ANS coder in place of Huffman). Boolean
 masks are coded as a bitmap or as gaps between kept positions, whichever is smaller. Everything
-else (biases, norm statistics, counters) is stored raw: floats as float16 or float32, integers as
-varints; a frequency layer's `freq` and `phase` always at float32 (the weight is sensitive to them).
+else (biases, norm statistics, counters) is stored raw: floats as float16 or float32, or
+(`other="coded"`) quantized uniformly at `bits` and entropy-coded as the stored values are; integers
+as varints. The "exact" tensors (`kinds.tensor_kind`: a frequency layer's `freq` and `phase`, EPR's
+decoder and prior) are never rounded: each at float16 when all its values are float16 numbers, else
+at float32.
 
 A parametrization can supply its own symbols and probability model instead (EPR's integer latents):
 when it holds a tensor named `prior_log_scale` (broadcastable to its `original`), that `original`
 must be integer-valued and is coded as those integers under the discretized Laplace prior with
 scale exp(prior_log_scale) (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
-tensors are stored at float32, so the file decodes to the exact model.
+tensors are "exact" ones, so the file decodes to the exact model.
 
 File layout (little-endian):
 
@@ -22,10 +25,10 @@ File layout (little-endian):
     | ANS words: uint32… | crc32: uint32
 
 The header holds the caller's `meta`, the spec, and one record per tensor in state_dict order
-(name, shape, dtype, kind, coding parameters and how many side bytes it takes); the side bytes hold
-the count tables, k-means codebooks, raw tensors and mask escapes, record after record; the ANS
-words hold every entropy-coded stream, decoded record after record. The crc32 covers everything
-before it.
+(name, shape, dtype unless float32, kind, coding parameters and how many side bytes it takes unless
+none; version 1 spelled out both); the side bytes hold the count tables, k-means codebooks, raw
+tensors and mask escapes, record after record; the ANS words hold every entropy-coded stream,
+decoded record after record. The crc32 covers everything before it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import constriction
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 import cnncomp.atomic as atomic
-from cnncomp.compression import entropy, kinds
+from cnncomp.compression import entropy, kinds, raw
 from cnncomp.compression.entropy import empirical_entropy_bits
 from cnncomp.compression.quantizers import dequantize_uniform, kmeans_symbols, uniform_symbols
 
@@ -53,7 +56,6 @@ __all__ = [
     "CodecSpec",
     "FileStats",
     "decode",
-    "dtype_of",
     "empirical_entropy_bits",
     "encode",
     "header_bound",
@@ -64,9 +66,10 @@ __all__ = [
 ]
 
 MAGIC = b"CNNC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 QUANTIZERS = ("uniform", "kmeans", "none")
-OTHERS = ("float16", "float32")
+OTHERS = ("float16", "float32", "coded")
+DEFAULT_DTYPE = torch.float32  # a record names its tensor's dtype only when it is another
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
 
@@ -82,7 +85,8 @@ class CodecSpec:
     quantizer: "uniform" (symbols round(v/step), step = value range / (2**bits - 1): a grid through
     0, so at most 2**bits + 1 levels), "kmeans" (a codebook of 2**bits centroids fitted by Lloyd's
     algorithm from a linear initialization over [min, max], Han et al. 2016), or "none" (float32).
-    bits: 1..16. other: "float16" or "float32" for biases, norm statistics and other float tensors.
+    bits: 1..16. other: how biases, norm statistics and other float tensors are kept: "float16",
+    "float32", or "coded" (quantized uniformly per tensor at `bits`, entropy-coded, `coded_others`).
     """
 
     quantizer: str = "uniform"
@@ -97,13 +101,18 @@ class CodecSpec:
         if self.other not in OTHERS:
             raise ValueError(f"unknown other {self.other!r}; allowed: {', '.join(OTHERS)}")
 
+    def coded_others(self) -> CodecSpec:
+        """The spec the other float tensors are quantized and coded with under other="coded"."""
+        return replace(self, quantizer="uniform")
+
 
 @dataclass
 class FileStats:
     """Where a file's bytes go. value_bits: the stored values' coded symbols (raw float32 bits for
     quantizer "none"); index_bits: the masks' coded bitmaps or gaps and their escapes; other_bits:
-    raw tensors; header_bits: the rest (magic, version, header, count tables, codebooks, coder
-    flush, checksum). The four sum to 8 * total_bytes."""
+    raw tensors (their bytes, or their coded symbols under other="coded"); header_bits: the rest
+    (magic, version, header, count tables, codebooks, coder flush, checksum). The four sum to
+    8 * total_bytes."""
 
     total_bytes: int
     value_bits: int
@@ -122,30 +131,9 @@ class FileStats:
         return asdict(self) | {"bits_per_value": self.bits_per_value}
 
 
-def dtype_of(name: str) -> torch.dtype:
-    """The dtype a record names ("torch.float16" or "float16")."""
-    dtype = getattr(torch, name.removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
-    return dtype
-
-
 def _storage_dtype(dtype: torch.dtype, ceiling: torch.dtype) -> torch.dtype:
     """A float tensor's dtype on disk: `ceiling`, unless its own dtype is narrower (then its own)."""
     return dtype if dtype.itemsize <= ceiling.itemsize else ceiling
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    # little-endian as held in memory on every platform torch supports
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    n = math.prod(shape)
-    if len(data) != n * dtype.itemsize:
-        raise ValueError(f"{len(data)} bytes cannot hold {n} values of {dtype}")
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype) if n else torch.zeros(0, dtype=dtype)
-    return flat.reshape(shape).clone()
 
 
 # --- encoding plans -------------------------------------------------------------------------------
@@ -165,14 +153,13 @@ class _Plan:
 
 def _plan_values(t: torch.Tensor, spec: CodecSpec, record: dict) -> _Plan:
     if spec.quantizer == "none":
-        store = dtype_of(store_of("values", t.dtype, spec))
-        data = _tensor_bytes(t.to(store))
-        record.update(quantizer="none", store=str(store))
-        decoded = t.to(store).to(t.dtype).clone()
+        record.update(quantizer="none", store=store_of("values", t.dtype, spec))
+        data, decoded = raw.to_bytes(t, record["store"])
         return _Plan(record, data, None, decoded, "value", 8 * len(data))
     v = t.detach().cpu().to(torch.float64).numpy().ravel()
     if not np.isfinite(v).all():
-        raise ValueError(f"{record['name']}: stored values must be finite to quantize (quantizer 'none' keeps any)")
+        keeps = "quantizer 'none'" if record["kind"] == "values" else "other float16 or float32"
+        raise ValueError(f"{record['name']}: values must be finite to quantize ({keeps} keeps any)")
     if spec.quantizer == "uniform":
         symbols, params = uniform_symbols(v, spec.bits)
         record.update(quantizer="uniform", **params)
@@ -195,12 +182,16 @@ def _plan_mask(t: torch.Tensor, record: dict) -> _Plan:
 
 
 def store_of(kind: str, dtype: torch.dtype, spec: CodecSpec) -> str:
-    """How the file keeps a tensor it does not quantize ("raw" and "exact" tensors, "values" under
-    quantizer "none"): a float dtype (its own when narrower than the ceiling: float32 for "values"
-    and "exact", `spec.other` for "raw"), "bits" (bool), "varint" (integers: counters, indices are
-    small; a zigzag varint each) or the dtype's own bytes."""
+    """How the file keeps a tensor it does not quantize as stored values ("raw" and "exact" tensors,
+    "values" under quantizer "none"): a float dtype (its own when narrower than the ceiling: float32
+    for "values" and "exact", `spec.other` for "raw"; an "exact" tensor whose values are all float16
+    numbers goes at float16, which this value-blind rule leaves to `_plan_raw`), "coded" ("raw" floats
+    under other="coded"), "bits" (bool), "varint" (integers: counters, indices are small; a zigzag
+    varint each) or the dtype's own bytes."""
+    if dtype.is_floating_point and kind == "raw" and spec.other == "coded":
+        return "coded"
     if dtype.is_floating_point:
-        return str(_storage_dtype(dtype, dtype_of(spec.other) if kind == "raw" else torch.float32))
+        return str(_storage_dtype(dtype, raw.dtype_of(spec.other) if kind == "raw" else torch.float32))
     if dtype == torch.bool:
         return "bits"
     if not dtype.is_complex and dtype != torch.uint64 and dtype.itemsize <= 8:
@@ -211,13 +202,11 @@ def store_of(kind: str, dtype: torch.dtype, spec: CodecSpec) -> str:
 def _plan_raw(t: torch.Tensor, kind: str, spec: CodecSpec, record: dict) -> _Plan:
     t = t.detach().cpu()
     store = store_of(kind, t.dtype, spec)
-    if store == "bits":
-        data, decoded = np.packbits(t.numpy().ravel(), bitorder="little").tobytes(), t.clone()
-    elif store == "varint":
-        data, decoded = entropy.varints(entropy.zigzag(t.to(torch.int64).numpy().ravel())), t.clone()
-    else:
-        dtype = dtype_of(store)
-        data, decoded = _tensor_bytes(t.to(dtype)), t.to(dtype).to(t.dtype).clone()
+    if store == "coded":  # its coded bits count as the raw tensors' (FileStats.other_bits), not the values'
+        return replace(_plan_values(t, spec.coded_others(), record), bits_kind="other")
+    if kind == "exact" and raw.dtype_of(store).itemsize > 2 and torch.equal(t.half().to(t.dtype), t):
+        store = str(torch.float16)  # every value a float16 number: half the bytes, still exact
+    data, decoded = raw.to_bytes(t, store)
     record.update(store=store)
     return _Plan(record, data, None, decoded, "other", 8 * len(data))
 
@@ -236,7 +225,8 @@ def _plan_symbols(t: torch.Tensor, log_scale: torch.Tensor, prior: str, record: 
 
 
 def _plan(name: str, t: torch.Tensor, spec: CodecSpec, kind: str, prior: tuple[str, torch.Tensor] | None) -> _Plan:
-    record = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype), "kind": kind}
+    dtype = {} if t.dtype == DEFAULT_DTYPE else {"dtype": str(t.dtype)}
+    record = {"name": name, "shape": list(t.shape), **dtype, "kind": kind}
     if kind == "symbols":
         return _plan_symbols(t.detach().cpu(), prior[1], prior[0], record)
     if kind == "values":
@@ -278,7 +268,7 @@ def encode(
         if plans[i].stream is not None:
             coded[i] = plans[i].stream.encode(coder)
     words = coder.get_compressed().astype("<u4").tobytes()
-    records = [p.record | {"side": len(p.side)} for p in plans]
+    records = [p.record | ({"side": len(p.side)} if p.side else {}) for p in plans]
     header_bytes = zlib.compress(_header_json(meta, spec, records, len(words) // 4), 9)
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(p.side for p in plans)
     body += words
@@ -305,7 +295,7 @@ def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tu
     records = []
     zeros = {name: torch.zeros((1,) * len(shape), dtype=dtype) for name, shape, dtype in tensors}
     for plan, (_, shape, _) in zip(_plans(zeros, spec), tensors, strict=True):
-        record = plan.record | {"side": 0}
+        record = plan.record | {"side": _LONGEST_INT}
         for key, value in record.items():
             if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
                 record[key] = _LONGEST_FLOAT if isinstance(value, float) else _LONGEST_INT
@@ -366,19 +356,19 @@ def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, torch.
     try:
         start = _PREFIX.size + header_len
         header = json.loads(zlib.decompress(data[_PREFIX.size : start]))
-        side_len = sum(r["side"] for r in header["records"])
+        side_len = sum(r.get("side", 0) for r in header["records"])
         words = data[start + side_len : len(data) - _CRC.size]
         if len(words) != 4 * header["ans_words"]:
             raise ValueError(f"{len(words)} bytes of coded words, the header says {header['ans_words']} words")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
         side, records = data[start : start + side_len], header["records"]
-        ends = np.cumsum([0] + [r["side"] for r in records]).tolist()
+        ends = np.cumsum([0] + [r.get("side", 0) for r in records]).tolist()
         chunks = [side[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
         # raw tensors first (they use no coded words): a prior's log scales follow its symbols
         decoded = {}
         for coded in (False, True):
             for record, chunk in zip(records, chunks, strict=True):
-                if (record["kind"] not in ("raw", "exact")) == coded:
+                if (record["kind"] not in ("raw", "exact") or "quantizer" in record) == coded:
                     decoded[record["name"]] = _decode_record(record, entropy.Reader(chunk), coder, decoded)
         state_dict = {r["name"]: decoded[r["name"]] for r in records}
         if not coder.is_empty():
@@ -391,19 +381,19 @@ def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, torch.
 
 
 def _decode_record(record: dict, reader: entropy.Reader, coder, decoded: dict) -> torch.Tensor:
-    shape, dtype, kind = record["shape"], dtype_of(record["dtype"]), record["kind"]
+    shape, dtype, kind = record["shape"], raw.dtype_of(record.get("dtype", str(DEFAULT_DTYPE))), record["kind"]
     n = math.prod(shape)
     if kind == "symbols":
         scales = entropy.prior_scales(decoded[record["prior"]].numpy(), shape)
         symbols = entropy.decode_prior(coder, scales, record["lo"], record["hi"])
         tensor = torch.from_numpy(symbols.astype(np.float64)).to(dtype)
-    elif kind == "values":
+    elif kind == "values" or "quantizer" in record:  # and raw floats coded as values (other="coded")
         tensor = _decode_values(record, reader, coder, n, dtype)
     elif kind == "mask":
         flat = entropy.decode_mask(coder, reader, record["index"], record["escape"], n, record["kept"])
         tensor = torch.from_numpy(flat)
     else:
-        tensor = _decode_raw(record, reader, n, dtype)
+        tensor = raw.read(reader, record["store"], n, dtype)
     if not reader.at_end():
         raise ValueError(f"{record['name']}: {len(reader.data) - reader.pos} side bytes left over")
     return tensor.reshape(shape)
@@ -412,8 +402,7 @@ def _decode_record(record: dict, reader: entropy.Reader, coder, decoded: dict) -
 def _decode_values(record: dict, reader: entropy.Reader, coder, n: int, dtype: torch.dtype) -> torch.Tensor:
     quantizer = record["quantizer"]
     if quantizer == "none":
-        store = dtype_of(record["store"])
-        return _tensor_from_bytes(reader.take(n * store.itemsize), store, [n]).to(dtype)
+        return raw.read(reader, record["store"], n, dtype)
     if quantizer == "uniform":
         symbols = entropy.decode_stream(coder, entropy.Table.read(reader), n)
         return torch.from_numpy(dequantize_uniform(symbols, record["step"])).to(dtype)
@@ -424,15 +413,3 @@ def _decode_values(record: dict, reader: entropy.Reader, coder, n: int, dtype: t
             raise ValueError(f"{record['name']}: symbols outside the codebook of {codebook.size}")
         return torch.from_numpy(codebook[symbols]).to(dtype)
     raise ValueError(f"{record['name']}: unknown quantizer {quantizer!r}")
-
-
-def _decode_raw(record: dict, reader: entropy.Reader, n: int, dtype: torch.dtype) -> torch.Tensor:
-    store = record["store"]
-    if store == "bits":
-        bits = np.unpackbits(np.frombuffer(reader.take((n + 7) // 8), np.uint8), count=n, bitorder="little")
-        return torch.from_numpy(bits.astype(bool))
-    if store == "varint":
-        values = entropy.unzigzag(reader.varints(n))
-        return torch.from_numpy(values).to(dtype)
-    stored = dtype_of(store)
-    return _tensor_from_bytes(reader.take(n * stored.itemsize), stored, [n]).to(dtype)

@@ -175,9 +175,14 @@ class EPR(Method):
 
     @torch.no_grad()
     def finish(self, model: nn.Module) -> None:
-        """Round the latents in place: the forward is unchanged, the state_dict holds the integers."""
-        for _, _, z in _epr_layers(model):
+        """Round the latents in place (the forward is unchanged, the state_dict holds the integers),
+        and the decoder's and the prior's floats to the nearest float16 numbers, which the file keeps
+        exactly in 2 bytes each (`codec`'s "exact" tensors); a value beyond float16's range stays."""
+        for _, param, z in _epr_layers(model):
             z.copy_(torch.round(z))
+            for t in (param.decoder_log_step, param.decoder_shift, param.prior_log_scale):
+                half = t.half()
+                t.copy_(torch.where(half.isfinite() | ~t.isfinite(), half.to(t.dtype), t))
 
     @torch.no_grad()
     def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,9 @@ codec's own rules (`kinds.tensor_kind`, `codec.store_of`, `codec.header_bound`, 
 - masks: the bitmap's entropy at the kept count (`code_mask` never picks a coding estimated above
   it); for a kept set learned in training (`Method.learned_kept`: sparse VD), at the worst count
   the layer's keep budget allows;
-- other tensors: their bytes at `codec.other` (float16/float32; counters as varints at 10 bytes);
+- other tensors: their bytes at `codec.other` (float16/float32; "exact" ones at float32, though a
+  tensor of float16 numbers takes half; counters as varints at 10 bytes), or under other="coded" as
+  quantized values at `codec.bits`, uniform;
 - the header: `codec.header_bound`.
 
 Entropy coding usually takes far less than this (the values of a trained layer are peaked).
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnncomp.compression import codec, entropy, kinds
+from cnncomp.compression import codec, entropy, kinds, raw
 from cnncomp.compression.method import stored_parametrization
 
 
@@ -52,7 +54,7 @@ class Slot:
 class FileBound:
     """Upper bounds on where a file's bytes go (cf. `codec.FileStats`): value_bits (the quantized
     values' streams, or raw float32 values), index_bits (the masks, with their tables), other_bits
-    (raw tensors), header_bits (frame, header, the values' count tables and codebooks, coder flush)."""
+    (raw tensors), header_bits (frame, header, the count tables and codebooks, coder flush)."""
 
     total_bytes: int
     value_bits: float
@@ -110,20 +112,23 @@ def _value_bits(slot: Slot, spec: codec.CodecSpec) -> tuple[float, float]:
     """(bits of the values, bits of their table and codebook)."""
     n = slot.numel
     if spec.quantizer == "none":
-        return 8 * n * codec.dtype_of(codec.store_of("values", slot.dtype, spec)).itemsize, 0.0
+        return 8 * n * raw.dtype_of(codec.store_of("values", slot.dtype, spec)).itemsize, 0.0
     levels = 2**spec.bits + (spec.quantizer == "uniform")  # uniform: a grid through 0
     table = entropy.table_bytes_bound(n, levels, levels, 1 if spec.quantizer == "kmeans" else entropy.VARINT_MAX)
     codebook = 4 * min(levels, n) if spec.quantizer == "kmeans" else 0
     return entropy.stream_bits_bound(n, levels), 8.0 * (table + codebook)
 
 
-def _raw_bits(slot: Slot, kind: str, spec: codec.CodecSpec) -> int:
+def _raw_bits(slot: Slot, kind: str, spec: codec.CodecSpec) -> tuple[float, float]:
+    """(bits of a tensor the codec does not quantize as stored values, bits of its table)."""
     store = codec.store_of(kind, slot.dtype, spec)
+    if store == "coded":
+        return _value_bits(slot, spec.coded_others())
     if store == "bits":
-        return 8 * math.ceil(slot.numel / 8)
+        return 8 * math.ceil(slot.numel / 8), 0.0
     if store == "varint":
-        return 8 * entropy.VARINT_MAX * slot.numel
-    return 8 * slot.numel * codec.dtype_of(store).itemsize
+        return 8 * entropy.VARINT_MAX * slot.numel, 0.0
+    return 8 * slot.numel * raw.dtype_of(store).itemsize, 0.0
 
 
 def file_bound(tensors: list[Slot], spec: codec.CodecSpec, meta: dict | None = None) -> FileBound:
@@ -138,7 +143,8 @@ def file_bound(tensors: list[Slot], spec: codec.CodecSpec, meta: dict | None = N
         elif kind == "mask":
             index += _mask_bits(slot)
         else:
-            other += _raw_bits(slot, kind, spec)
+            bits, table = _raw_bits(slot, kind, spec)
+            other, tables = other + bits, tables + table
     frame = 8 * codec.header_bound(meta, spec, [(s.name, s.shape, s.dtype) for s in tensors])
     header = frame + tables + entropy.FLUSH_BITS
     total = math.ceil((value + index + other + header) / 8)

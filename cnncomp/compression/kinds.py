@@ -15,8 +15,8 @@ _PRIOR = re.compile(r"^(.*\.parametrizations\.[^.]+)\.\d+\.prior_log_scale$")
 def tensor_kind(name: str, tensor: torch.Tensor) -> str:
     """ "values" (stored values, quantized: a compressed layer's originals, and the weight matrix or
     filters of a layer left dense), "mask" (a selection's kept positions), "exact" (a frequency
-    layer's freq/phase, EPR's decoder and prior: at least float32) or "raw" (biases, normalization
-    parameters and statistics)."""
+    layer's freq/phase, EPR's decoder and prior: never rounded, float16 only when every value is a
+    float16 number, else float32) or "raw" (biases, normalization parameters and statistics)."""
     dense_weight = name.endswith(".weight") and tensor.ndim >= 2
     if (_VALUES.search(name) or dense_weight) and tensor.is_floating_point():
         return "values"

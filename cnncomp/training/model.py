@@ -118,11 +118,16 @@ def run_stages(config: dict[str, Any], method: Method) -> list[Stage]:
     return stages + ([Stage(QUANTIZE, n)] if n else [])
 
 
+# the config groups a file's header keeps: those `run_method` and `build_run_model` read, and its codec
+FILE_CONFIG = ("kernel", "method", "layers", "codec")
+
+
 def file_meta(config: dict[str, Any], model_args: dict[str, Any]) -> dict[str, Any]:
-    """What the compressed file's header holds to rebuild the model: the build_model arguments and
-    the resolved config (its pretrained path dropped: the file holds the weights)."""
-    config = {**config, "model": {**config["model"], "pretrained": None}}
-    return {"model_args": model_args, "config": config}
+    """What the compressed file's header holds to rebuild the model (`load`): the build_model
+    arguments, the model's name (no pretrained path: the file holds the weights) and the kernel,
+    method, layers and codec groups; the run's result.json holds the rest (trainer, dataset, logger)."""
+    kept = {"model": {"name": config["model"]["name"]}} | {k: config[k] for k in FILE_CONFIG}
+    return {"model_args": model_args, "config": kept}
 
 
 def load(path: str | Path) -> torch.nn.Module:

@@ -1,6 +1,9 @@
 """The codec: a compressed state_dict to a small file and back, bit-exactly, at near-entropy size."""
 
+import json
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from cnncomp.compression.codec import (
     FORMAT_VERSION,
     CodecError,
     CodecSpec,
+    decode,
     empirical_entropy_bits,
     encode,
     quantize,
@@ -28,6 +32,7 @@ CASES = {
     "sparse_vd": dict(kernel="identity", keep=0.1, method="sparse_vd"),
 }
 SPECS = [CodecSpec(q, b) for q in ("uniform", "kmeans") for b in (8, 4)] + [CodecSpec("none", other="float32")]
+SPECS += [CodecSpec("uniform", 4, "coded"), CodecSpec("kmeans", 6, "coded")]
 
 
 def compressed_lenet(case: str, seed: int = 0) -> torch.nn.Module:
@@ -50,7 +55,7 @@ def outputs(model: torch.nn.Module, state_dict: dict) -> torch.Tensor:
         return model(torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.quantizer}{s.bits}")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.quantizer}{s.bits}-{s.other}")
 @pytest.mark.parametrize("case", list(CASES))
 def test_round_trip_is_quantize_bit_for_bit(case, spec, tmp_path):
     model = compressed_lenet(case)
@@ -292,7 +297,12 @@ def test_masks_decode_exactly():
 
 @pytest.mark.parametrize(
     ("kwargs", "bad"),
-    [({"quantizer": "huffman"}, "huffman"), ({"bits": 0}, "0"), ({"bits": 17}, "17"), ({"other": "int8"}, "int8")],
+    [
+        ({"quantizer": "huffman"}, "'huffman'; allowed: uniform, kmeans, none"),
+        ({"bits": 0}, "0"),
+        ({"bits": 17}, "17"),
+        ({"other": "int8"}, "'int8'; allowed: float16, float32, coded"),
+    ],
 )
 def test_bad_spec_names_the_value(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
@@ -320,3 +330,87 @@ def test_a_dense_models_weights_are_quantized_and_its_biases_kept(tmp_path):
         if kinds[name] == "values":
             step = (state[name].max() - state[name].min()) / 255
             assert (decoded[name] - state[name]).abs().max() <= step / 2 + 1e-6, name
+
+
+def _frame(data: bytes) -> tuple[int, dict]:
+    """(version, header JSON) of a file's bytes."""
+    _, version, n = struct.unpack_from("<4sHI", data)
+    return version, json.loads(zlib.decompress(data[10 : 10 + n]))
+
+
+def test_other_coded_quantizes_the_biases_at_bits_and_keeps_the_counters():
+    torch.manual_seed(0)
+    sd = compressed_lenet("magnitude").state_dict()
+    sd["bn.running_var"] = torch.rand(40) + 0.5
+    sd["bn.num_batches_tracked"] = torch.tensor(123456789, dtype=torch.int64)
+    raw = [n for n, t in sd.items() if tensor_kind(n, t) == "raw" and t.is_floating_point()]
+    assert len(raw) == 6
+    spec = CodecSpec("uniform", 4, "coded")
+    data, stats = encode(sd, {}, spec)
+    _, decoded = decode(data)
+    half = encode(sd, {}, CodecSpec("uniform", 4))[1]
+    for name in raw:
+        t, q = sd[name], decoded[name]
+        step = float(np.float32((t.max() - t.min()).item() / 15))  # the stored values' uniform grid at 4 bits
+        assert torch.equal(q, quantize({name: t}, spec)[name]), name
+        assert q.unique().numel() <= 17 and (q - t).abs().max() <= step / 2 * (1 + 1e-6) + 1e-7 * t.abs().max(), name
+        assert 0 < stats.tensors[name] < 5 * t.numel() < half.tensors[name] == 16 * t.numel(), name
+    assert torch.equal(decoded["bn.num_batches_tracked"], sd["bn.num_batches_tracked"])
+    # the biases' coded bits are the raw tensors' (other_bits); the stored values' are as with float16
+    # (up to a bit a stream: what a stream adds to the shared ANS stack depends on what lies under it)
+    assert stats.other_bits == sum(stats.tensors[n] for n in raw) + half.tensors["bn.num_batches_tracked"]
+    assert stats.stored_values == half.stored_values and abs(stats.value_bits - half.value_bits) <= 5
+    assert stats.total_bytes < half.total_bytes - 200
+    records = {r["name"]: r for r in _frame(data)[1]["records"]}
+    assert records["features.0.bias"]["kind"] == "raw" and records["features.0.bias"]["quantizer"] == "uniform"
+    assert records["bn.num_batches_tracked"]["store"] == "varint"
+
+
+def test_other_coded_refuses_non_finite_biases_naming_the_lossless_others():
+    sd = {"l.bias": torch.tensor([1.0, float("inf")])}
+    with pytest.raises(ValueError, match="l.bias: values must be finite.*other float16 or float32"):
+        quantize(sd, CodecSpec(other="coded"))
+    assert quantize(sd, CodecSpec(other="float32"))["l.bias"].isinf().any()
+
+
+def test_exact_tensors_take_float16_when_every_value_is_one():
+    grid = torch.tensor([0.5, -3.0, 1024.0, 2.0**-24, -0.0, 65504.0])  # float16 numbers, in float32
+    sd = {
+        "a.parametrizations.weight.0.decoder_shift": grid,
+        "a.parametrizations.weight.0.prior_log_scale": grid + 1e-3,  # not float16 numbers
+        "b.parametrizations.weight.0.freq": torch.tensor([1e5, 1.0]),  # beyond float16's range
+        "c.parametrizations.weight.0.phase": grid.double(),
+    }
+    data, stats = encode(sd, {}, CodecSpec("uniform", 8, "float16"))
+    _, decoded = decode(data)
+    stores = {r["name"]: r["store"] for r in _frame(data)[1]["records"]}
+    assert [stores[n] for n in sd] == ["torch.float16", "torch.float32", "torch.float32", "torch.float16"]
+    assert [stats.tensors[n] for n in sd] == [16 * 6, 32 * 6, 32 * 2, 16 * 6]
+    for name, t in sd.items():
+        assert decoded[name].dtype == t.dtype and torch.equal(decoded[name], t), name
+    assert torch.equal(decoded["a.parametrizations.weight.0.decoder_shift"].sign(), grid.sign())
+
+
+def test_records_spell_out_only_what_differs_and_version_1_files_still_read():
+    sd = compressed_lenet("sparse_vd").state_dict()
+    sd["bn.num_batches_tracked"], sd["empty.bias"] = torch.tensor(3), torch.zeros(0)  # the latter: no side bytes
+    data, _ = encode(sd, {"model": "lenet"}, CodecSpec())
+    version, header = _frame(data)
+    assert version == FORMAT_VERSION == 2
+    records = header["records"]
+    assert all(("dtype" in r) == (sd[r["name"]].dtype != torch.float32) for r in records)
+    assert {r["dtype"] for r in records if "dtype" in r} == {"torch.bool", "torch.int64"}
+    assert all(r.get("side", 1) > 0 for r in records)
+    assert [r["name"] for r in records if "side" not in r] == ["empty.bias"]
+    # version 1 named every dtype and every side length; its files decode as before
+    full = [{"name": r["name"], "shape": r["shape"], "dtype": str(sd[r["name"]].dtype)} | r | {"side": r.get("side", 0)}
+            for r in records]  # fmt: skip
+    old = zlib.compress(json.dumps(header | {"records": full}, separators=(",", ":")).encode(), 9)
+    side_and_words = data[10 + struct.unpack_from("<4sHI", data)[2] : -4]
+    body = struct.pack("<4sHI", b"CNNC", 1, len(old)) + old + side_and_words
+    v1 = body + struct.pack("<I", zlib.crc32(body))
+    assert len(v1) > len(data)
+    meta, decoded = decode(v1)
+    _, new = decode(data)
+    assert meta == {"model": "lenet"} and list(decoded) == list(new) == list(sd)
+    assert all(decoded[n].dtype == new[n].dtype and torch.equal(decoded[n], new[n]) for n in sd)

@@ -143,9 +143,10 @@ def test_estimated_bits_match_the_coded_latents_and_the_file_decodes_to_the_same
     assert coded == stats.value_bits
     assert abs(coded / estimate - 1) < 0.03, (coded, estimate)
     assert estimate > 10_000  # enough coded bits that the coder's flush and fixed point are small
-    # the decoder and the prior: 3 float32 per group (25 per conv, 1 per linear), in the file
+    # the decoder and the prior: 3 floats per group (25 per conv, 1 per linear), finished to float16
+    # numbers, so the file keeps them exactly at 2 bytes each
     side = sum(bits for name, bits in stats.tensors.items() if ".parametrizations.weight.0." in name)
-    assert side == 32 * 3 * (25 + 25 + 1 + 1 + 1)
+    assert side == 16 * 3 * (25 + 25 + 1 + 1 + 1)
     _, decoded = codec.read_file(tmp_path / "m.cnnc")
     fresh = _epr_lenet(seed=5)
     build_method("epr").restore(fresh, decoded)
@@ -217,3 +218,30 @@ def test_it_trains_through_the_app_and_loads_from_its_file(make_cfg, quick, tmp_
             assert torch.equal(loaded[name], t), name
     assert isinstance(_layers(model)[0].parametrizations.weight[0], EPRWeight)
     assert np.isfinite(result["test_acc"])
+
+
+def test_finish_rounds_the_decoder_and_the_prior_to_float16_numbers():
+    model = _epr_lenet()
+    _train_toy(model, steps=3)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    p = _layers(model)[0].parametrizations.weight[0]
+    with torch.no_grad():  # a shift beyond float16's range stays as it is (the file keeps it at float32)
+        p.decoder_shift[0, 0, 0, 0] = 1e6
+        before["features.0.parametrizations.weight.0.decoder_shift"][0, 0, 0, 0] = 1e6
+    build_method("epr").finish(model)
+    floats = [n for n in before if n.rsplit(".", 1)[1] in ("decoder_log_step", "decoder_shift", "prior_log_scale")]
+    assert len(floats) == 15
+    after = model.state_dict()
+    for name in floats:
+        t, b = after[name], before[name]
+        fits = b.abs() < 65504
+        assert torch.equal(t[fits], b[fits].half().float()), name
+        assert torch.equal(t[~fits], b[~fits]), name
+        assert not torch.equal(t, b), name  # trained floats were not float16 numbers before
+        assert ((t - b)[fits].abs() <= 2**-11 * b[fits].abs() + 2**-25).all(), name  # to the nearest
+    data, stats = codec.encode(after)
+    _, decoded = codec.decode(data)
+    assert all(torch.equal(decoded[n], after[n]) for n in floats)
+    shift = "features.0.parametrizations.weight.0.decoder_shift"
+    assert [stats.tensors[n] for n in floats if n != shift] == [16 * after[n].numel() for n in floats if n != shift]
+    assert stats.tensors[shift] == 32 * 25

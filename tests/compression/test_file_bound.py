@@ -35,9 +35,8 @@ def test_a_tiny_linear_by_hand():
     f, i = -2.2250738585072014e-308, 2**63 - 1
     header = (
         '{"meta":{},"spec":{"quantizer":"uniform","bits":8,"other":"float16"},"records":['
-        f'{{"name":"fc.weight","shape":[3,4],"dtype":"torch.float32","kind":"values","quantizer":"uniform",'
-        f'"step":{f},"side":{i}}},'
-        f'{{"name":"fc.bias","shape":[3],"dtype":"torch.float32","kind":"raw","store":"torch.float16","side":{i}}}'
+        f'{{"name":"fc.weight","shape":[3,4],"kind":"values","quantizer":"uniform","step":{f},"side":{i}}},'
+        f'{{"name":"fc.bias","shape":[3],"kind":"raw","store":"torch.float16","side":{i}}}'
         f'],"ans_words":{i}}}'
     )
     assert json.loads(header)["records"][0]["step"] == f
@@ -77,16 +76,39 @@ def spread(shape, levels_over: float, seed: int) -> torch.Tensor:
     return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1).mul(levels_over).float()
 
 
+@pytest.mark.parametrize("other", ["float16", "coded"])
 @pytest.mark.parametrize(
     "quantizer, bits", [("uniform", 1), ("uniform", 2), ("uniform", 8), ("kmeans", 3), ("none", 8)]
 )
-def test_the_bound_holds_for_values_spread_over_every_level(quantizer, bits):
-    spec = codec.CodecSpec(quantizer, bits)
+def test_the_bound_holds_for_values_spread_over_every_level(quantizer, bits, other):
+    spec = codec.CodecSpec(quantizer, bits, other)
     for seed, n in enumerate([1, 2, 7, 300, 5000, 70_000]):
-        state = {"a.weight": spread((n, 1), 1.5, seed), "a.bias": torch.randn(3)}
+        # under other="coded" the biases are quantized too: spread over every level as well
+        state = {"a.weight": spread((n, 1), 1.5, seed), "a.bias": spread((min(n, 3000),), 0.5, seed + 100)}
         state["bn.num_batches_tracked"] = torch.tensor(7)
-        data, _ = codec.encode(state, {"seed": seed}, spec)
-        assert len(data) <= file_bound(slots(state), spec, {"seed": seed}).total_bytes, (seed, n)
+        state["a.parametrizations.weight.0.freq"] = spread((5,), 2.0, seed)  # "exact": float32 at most
+        data, stats = codec.encode(state, {"seed": seed}, spec)
+        bound = file_bound(slots(state), spec, {"seed": seed})
+        assert len(data) <= bound.total_bytes, (seed, n)
+        assert stats.other_bits <= bound.other_bits, (seed, n)
+
+
+def test_coded_biases_are_bounded_as_uniform_values_at_bits():
+    """fc.bias (3,) under other="coded" at 8 bits: 3 levels at most, log2(3) bits each and the coder's
+    slack, and a count table at its longest in the header; the counter stays a varint."""
+    tensors = [Slot("fc.bias", (3,), torch.float32), Slot("bn.num_batches_tracked", (), torch.int64)]
+    coded, half = (file_bound(tensors, codec.CodecSpec("kmeans", 8, other)) for other in ("coded", "float16"))
+    assert coded.other_bits == pytest.approx(3 * (math.log2(3) + 0.002 + 2 * 3 / 2**24) + 2 + 8 * 10)
+    assert half.other_bits == 3 * 16 + 8 * 10 and coded.value_bits == half.value_bits == 0
+    frame = {
+        other: codec.header_bound(
+            None, codec.CodecSpec("kmeans", 8, other), [(t.name, t.shape, t.dtype) for t in tensors]
+        )
+        for other in ("coded", "float16")
+    }
+    assert frame["coded"] > frame["float16"]  # its record holds the grid's step instead of a dtype
+    table = ent.table_bytes_bound(3, 257, 257)  # the uniform grid's, whatever the values' quantizer
+    assert coded.header_bits - 8 * frame["coded"] == half.header_bits - 8 * frame["float16"] + 8 * table
 
 
 @pytest.mark.parametrize("n, kept", [(1, 0), (1, 1), (10, 3), (1000, 500), (4096, 40), (60_000, 59_000), (70_000, 7)])

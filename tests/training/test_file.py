@@ -35,6 +35,7 @@ def test_the_file_rebuilds_the_model_the_record_reports(run, tmp_path, make_cfg,
     # the decoded model is the run's quantized model: model.pt through the codec's quantizer
     stored = torch.load(tmp_path / "model.pt", weights_only=True)
     meta, decoded = codec.read_file(path)
+    assert set(meta["config"]) == {"model", "kernel", "method", "layers", "codec"}  # result.json has the rest
     expected = codec.quantize(stored, codec_spec(meta["config"]))
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected[key]), key

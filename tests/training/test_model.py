@@ -2,11 +2,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnncomp.compression import fold
+from cnncomp.compression import codec, fold
 from cnncomp.errors import ConfigError
 from cnncomp.models import build_model
 from cnncomp.train import train
-from cnncomp.training.model import build_run_model, run_method
+from cnncomp.training.model import MODEL_FILE, build_run_model, codec_spec, file_meta, load, run_method
 
 SHAPE = {"num_classes": 10, "in_channels": 1, "image_size": 28}
 
@@ -71,3 +71,30 @@ def test_a_bad_pretrained_checkpoint_is_a_clear_error(tmp_path, pretrained, make
         _run_model(make_cfg, [f"model.pretrained={wrong}"])
     result = train(make_cfg(quick + [f"model.pretrained={wrong}"]), tmp_path / "run")
     assert result["status"] == "failed" and "does not fit" in result["error"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["kernel=wavelet", "kernel.wavelet=db2", "layers=conv"], ["recipe=epr"], ["recipe=frequency"], ["kernel=none"]],
+)
+def test_the_files_header_keeps_only_what_rebuilds_the_model(overrides, pretrained, make_cfg, tmp_path):
+    path, _ = pretrained
+    config = OmegaConf.to_container(make_cfg([*overrides, f"model.pretrained={path}", "codec.bits=6"]), resolve=True)
+    method = run_method(config)
+    model, _, args, _ = build_run_model(config, method, **SHAPE)
+    method.finish(model)
+    meta = file_meta(config, args)
+    assert meta == {
+        "model_args": {"name": "lenet", **SHAPE},
+        "config": {"model": {"name": "lenet"}} | {k: config[k] for k in ("kernel", "method", "layers", "codec")},
+    }
+    spec = codec_spec(config)
+    stats = codec.write_file(tmp_path / MODEL_FILE, model.state_dict(), meta, spec)
+    loaded = load(tmp_path)
+    model.load_state_dict(codec.quantize(model.state_dict(), spec))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    # the whole resolved config (trainer, dataset, logger …) took a few hundred bytes more
+    whole = codec.encode(model.state_dict(), {"model_args": args, "config": config}, spec)[1]
+    assert whole.total_bytes - stats.total_bytes > 220, whole.total_bytes - stats.total_bytes

@@ -183,7 +183,7 @@ def test_fold_of_a_model_leaves_the_original_untouched():
         ({"kernel": "dct", "keep": 0.5, "axes": ["kh"]}, ["'kh'", "out", "in"]),
         ({"kernel": "dct", "keep": 0.5, "init": "zeros"}, ["'zeros'", "variance", "project"]),
         ({"kernel": "dct", "keep": 0.5, "colour": 1}, ["'colour'", "transform", "selection", "seed"]),
-        ({"kernel": "dct", "keep": 0.5, "method": "vae"}, ["'vae'", "sparse_vd", "lowrank"]),
+        ({"kernel": "dct", "keep": 0.5, "method": "autoencoder"}, ["'autoencoder'", "sparse_vd", "vae"]),
     ],
 )
 def test_bad_input_raises_value_error_naming_value_and_allowed(kwargs, words):

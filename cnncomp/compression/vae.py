@@ -9,8 +9,10 @@ learned noise variance: −log p(x | z) = m/2·log σ_x² + ‖x − x̂‖²/(2
 two terms is left to tune. Then the encoder is dropped: each block's μ and log σ² become parameters
 and the network trains end to end through the decoder (z = μ + σ·ε while gradients flow, μ
 otherwise) on the task loss + β·KL/N (`kl_weight`; β = 1: the latents' code length per example, as
-sparse VD's KL/N). Stored: the latent means (quantized by the codec) and the decoder; σ is dropped
-when the run finishes.
+sparse VD's KL/N). When the run finishes, μ is rounded to integers in steps of each latent
+dimension's median σ (the noise it trained under; rounding adds ~0.29σ), the steps go into the
+decoder's first layer and σ is dropped: the file codes the integers under a discretized Laplace
+prior per dimension (`prior_log_scale`, the codec's seam that EPR uses too), the decoder as values.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cnncomp.compression.method import Method, Stage, register_method
 
 FIT_BATCH = 1024  # blocks per ELBO step
 FIT_LR = 3e-3
+MIN_SCALE = 1e-3  # a latent dimension at 0 in every block: its prior puts ~all mass on 0
 
 
 def mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
@@ -54,7 +57,8 @@ def kl_nats(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 class VAEWeight(TransformWeight):
     """W = from_blocks(decoder(z)) ×_a B_aᵀ over full bases; `original` holds the latent means μ
-    (blocks × d), `latent_log_var` their log σ² while training (None once finished)."""
+    (blocks × d) and `latent_log_var` their log σ² while training; once finished, `original` holds
+    integers, `latent_log_var` is None and `prior_log_scale` (1 × d) their prior's log scales."""
 
     def __init__(
         self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], *, latent_dim: int, block_size: int,
@@ -86,7 +90,7 @@ class VAEWeight(TransformWeight):
 
     def forward(self, mu: torch.Tensor) -> torch.Tensor:
         z = mu
-        if self.latent_log_var is not None and self.training and torch.is_grad_enabled():
+        if self.training and self.latent_log_var is not None and torch.is_grad_enabled():
             z = mu + torch.randn_like(mu) * (0.5 * self.latent_log_var).exp()
         return super().forward(self.from_blocks(self.decoder(z)))
 
@@ -137,7 +141,8 @@ class VAEWeight(TransformWeight):
         return mu
 
     def stored(self) -> int:
-        return self.num_blocks * self.latent_dim + sum(p.numel() for p in self.decoder.parameters())
+        prior = 0 if getattr(self, "prior_log_scale", None) is None else self.latent_dim
+        return self.num_blocks * self.latent_dim + sum(p.numel() for p in self.decoder.parameters()) + prior
 
     @torch.no_grad()
     def variance_init(self, chain: nn.Module, std: float) -> None:
@@ -149,9 +154,24 @@ class VAEWeight(TransformWeight):
     def kl(self, mu: torch.Tensor) -> torch.Tensor:
         return kl_nats(mu, self.latent_log_var)
 
-    def drop_variances(self) -> None:
-        """The finished layer: the means alone (its forward already used only them at evaluation)."""
+    def first_layer(self) -> nn.Linear:
+        return self.decoder if isinstance(self.decoder, nn.Linear) else self.decoder[0]
+
+    @torch.no_grad()
+    def finish(self, mu: torch.Tensor) -> None:
+        """Integer latents k = round(μ / s) with s the median σ of each latent dimension, s folded
+        into the decoder's first layer (its forward on k is the old one on k·s), the Laplace prior of
+        each dimension fitted to k (scale = mean |k|), σ dropped."""
+        step = (0.5 * self.latent_log_var).exp().median(dim=0).values
+        k = torch.round(mu / step)
+        self.first_layer().weight.mul_(step)
+        mu.copy_(k)
+        self.finished(k.abs().mean(0, keepdim=True).clamp_min(MIN_SCALE).log())
+
+    def finished(self, prior_log_scale: torch.Tensor) -> None:
+        """The finished layer's structure: no log σ², a prior's log scale per latent dimension."""
         self.register_parameter("latent_log_var", None)
+        self.prior_log_scale = nn.Parameter(prior_log_scale)
 
     def no_weight_decay(self) -> tuple[str, ...]:
         return ("latent_log_var",)
@@ -219,12 +239,13 @@ class VAE(Method):
             return {"kl_bits": round(float(kl_divergence(model)) / math.log(2.0))}
 
     def finish(self, model: nn.Module) -> None:
-        for _, param, _ in _vae_layers(model):
-            param.drop_variances()
+        for _, param, mu in _vae_layers(model):
+            param.finish(mu)
 
     def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        """A finished model's layers hold no log σ²."""
+        """A finished model's layers hold integer latents under a prior, and no log σ²."""
         names = {id(m): n for n, m in model.named_modules()}
         for module, param, _ in _vae_layers(model):
-            if f"{names[id(module)]}.parametrizations.weight.0.latent_log_var" not in state_dict:
-                param.drop_variances()
+            prior = state_dict.get(f"{names[id(module)]}.parametrizations.weight.0.prior_log_scale")
+            if prior is not None:
+                param.finished(torch.zeros_like(prior, device=param.first_layer().weight.device))

@@ -116,11 +116,34 @@ def test_stored_values_are_the_latent_means_and_the_decoder():
     assert fc.num_blocks == 120 * 25 and fc.stored() == 3000 * 4 + (4 * 32 + 32 + 32 * 16 + 16)
     build_method("vae").finish(model)
     state = model.state_dict()
-    assert not any("latent_log_var" in n for n in state)
+    assert not any("latent_log_var" in n for n in state) and sum("prior_log_scale" in n for n in state) == 5
     floats = sum(t.numel() for t in state.values() if t.is_floating_point())
     compressed = [m for m in model.modules() if hasattr(m, "parametrizations")]
     stored = sum(m.parametrizations.weight[0].stored() + m.bias.numel() for m in compressed)
     assert len(compressed) == 5 and floats == stored
+
+
+def test_finishing_rounds_the_latents_in_steps_of_sigma_without_changing_the_decoded_rounding():
+    """k = round(μ / s), s the median σ per latent dimension, and s moved into the decoder: the
+    finished layer's weight is the old decoder's at k·s; the codec codes k under the stored prior."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 16)
+    param = _vae(layer, latent_dim=3, block_size=16, hidden=8, fit_steps=100)
+    mu = layer.parametrizations.weight.original
+    with torch.no_grad():
+        param.latent_log_var.add_(torch.randn_like(param.latent_log_var))  # σ differing across blocks
+        step = (0.5 * param.latent_log_var).exp().median(dim=0).values
+        expected = param.from_blocks(param.decoder(torch.round(mu / step) * step))
+    build_method("vae").finish(layer)
+    assert param.latent_log_var is None and torch.equal(mu, mu.round())
+    with torch.no_grad():
+        assert torch.allclose(layer.weight, expected, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(param.prior_log_scale.exp(), mu.abs().mean(0, keepdim=True).clamp_min(1e-3))
+    state = nn.Sequential(layer).state_dict()
+    assert codec.kinds.tensor_kinds(state)["0.parametrizations.weight.original"] == "symbols"
+    data, _ = codec.encode(state)
+    _, decoded = codec.decode(data)
+    assert torch.equal(decoded["0.parametrizations.weight.original"], mu.detach())
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,9 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
-from cnncomp.compression.method import Method, Stage, register_method
+from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
 
 MIN_LOG_SCALE = math.log(1e-3)  # a prior narrower than this codes every latent as 0 at ~0 bits anyway
 MIN_PROB = 2.0**-24  # the coder's leaky floor (24-bit probabilities): no symbol costs more than 24 bits
@@ -111,15 +110,9 @@ class EPRWeight(TransformWeight):
         return ("decoder_log_step", "decoder_shift", "prior_log_scale")
 
 
-def _epr_layers(model: nn.Module):
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations.weight[0], EPRWeight):
-            yield module, module.parametrizations.weight[0], module.parametrizations.weight.original
-
-
 def rate_bits(model: nn.Module, noisy: bool = False) -> torch.Tensor:
     """Σ over `model`'s EPR layers of their latents' bits (`EPRWeight.rate_bits`); 0 when there are none."""
-    terms = [param.rate_bits(z, noisy) for _, param, z in _epr_layers(model)]
+    terms = [param.rate_bits(z, noisy) for _, param, z in layers_stored_by(model, EPRWeight)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -178,7 +171,7 @@ class EPR(Method):
         """Round the latents in place (the forward is unchanged, the state_dict holds the integers),
         and the decoder's and the prior's floats to the nearest float16 numbers, which the file keeps
         exactly in 2 bytes each (`codec`'s "exact" tensors); a value beyond float16's range stays."""
-        for _, param, z in _epr_layers(model):
+        for _, param, z in layers_stored_by(model, EPRWeight):
             z.copy_(torch.round(z))
             for t in (param.decoder_log_step, param.decoder_shift, param.prior_log_scale):
                 half = t.half()
@@ -188,7 +181,7 @@ class EPR(Method):
     def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         """A finished EPR model has its built structure; its latents must be the integers a file holds."""
         names = {id(m): n for n, m in model.named_modules()}
-        for module, _, _ in _epr_layers(model):
+        for module, _, _ in layers_stored_by(model, EPRWeight):
             z = state_dict[f"{names[id(module)]}.parametrizations.weight.original"]
             if not torch.equal(z, torch.round(z)):
                 raise ValueError(f"{names[id(module)]}: EPR latents must be integers (a finished model)")

@@ -176,6 +176,14 @@ def compressible(module: nn.Module) -> str | None:
     return None
 
 
+def layers_stored_by(model: nn.Module, cls: type[nn.Module]):
+    """(module, parametrization, original) of every layer of `model` whose weight's first
+    parametrization is a `cls`: a method's hooks walk its own layers with it."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations.weight[0], cls):
+            yield module, module.parametrizations.weight[0], module.parametrizations.weight.original
+
+
 def stored_parametrization(module: nn.Module) -> nn.Module | None:
     """The parametrization `compress_module` registered on `module.weight`, else None."""
     if not parametrize.is_parametrized(module, "weight"):

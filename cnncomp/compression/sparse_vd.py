@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
-from cnncomp.compression.method import Method, Stage, register_method
+from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
 
 # -KL(q ‖ p) ≈ k1·σ(k2 + k3·log α) − ½·log(1 + 1/α) − k1 (Molchanov et al. 2017, eq. 14)
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -173,26 +173,17 @@ def freeze(model: nn.Module) -> None:
     pruned mean weight, only the kept θ get gradients, no KL (`kl_divergence` skips frozen layers).
     Fine-tuning the pruned network so recovers what the posterior noise cost, as after magnitude
     pruning (Han et al. 2015)."""
-    for _, param, theta in _variational_layers(model):
+    for _, param, theta in layers_stored_by(model, VariationalWeight):
         if not param.frozen:
             param.fixed.copy_(param.kept(theta))
             param.frozen.fill_(True)
         param.log_sigma2.requires_grad_(False)  # unused from now on (DDP must not wait for its gradient)
 
 
-def _variational_layers(model: nn.Module):
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight") and isinstance(
-            module.parametrizations.weight[0], VariationalWeight
-        ):
-            yield module, module.parametrizations.weight[0], module.parametrizations.weight.original
-
-
 def kl_divergence(model: nn.Module) -> torch.Tensor:
     """Σ KL(q ‖ p) over every variational coefficient of `model` (0 when there are none)."""
-    terms = [
-        -neg_kl(param.log_alpha(theta)).sum() for _, param, theta in _variational_layers(model) if not param.frozen
-    ]
+    layers = layers_stored_by(model, VariationalWeight)
+    terms = [-neg_kl(param.log_alpha(theta)).sum() for _, param, theta in layers if not param.frozen]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -205,7 +196,7 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
 def sparsity(model: nn.Module) -> tuple[int, int]:
     """(kept, total) coefficients over the variational layers at their thresholds."""
     kept = total = 0
-    for _, param, theta in _variational_layers(model):
+    for _, param, theta in layers_stored_by(model, VariationalWeight):
         kept += int(param.kept(theta).sum())
         total += theta.numel()
     return kept, total
@@ -215,7 +206,7 @@ def sparsity(model: nn.Module) -> tuple[int, int]:
 def prune(model: nn.Module) -> nn.Module:
     """Replace every variational layer of `model` (in place) by a masked `TransformWeight` that stores
     exactly the kept θ (and their mask); the layer's outputs in evaluation are unchanged."""
-    for module, param, theta in list(_variational_layers(model)):
+    for module, param, theta in list(layers_stored_by(model, VariationalWeight)):
         mask = param.kept(theta)
         kept = theta[mask].clone()
         bases = {a: param.basis(a) for a in param.axes}
@@ -301,7 +292,7 @@ class SparseVD(Method):
     def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         """Fix each layer's kept set to the mask in `state_dict` and prune: the finished model's structure."""
         names = {id(m): n for n, m in model.named_modules()}
-        for module, param, _ in list(_variational_layers(model)):
+        for module, param, _ in list(layers_stored_by(model, VariationalWeight)):
             param.fixed.copy_(state_dict[f"{names[id(module)]}.parametrizations.weight.0.mask"])
             param.frozen.fill_(True)
         prune(model)

@@ -23,10 +23,9 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
-from cnncomp.compression.method import Method, Stage, register_method
+from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
 
 FIT_BATCH = 1024  # blocks per ELBO step
 FIT_LR = 3e-3
@@ -177,15 +176,9 @@ class VAEWeight(TransformWeight):
         return ("latent_log_var",)
 
 
-def _vae_layers(model: nn.Module):
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations.weight[0], VAEWeight):
-            yield module, module.parametrizations.weight[0], module.parametrizations.weight.original
-
-
 def kl_divergence(model: nn.Module) -> torch.Tensor:
     """Σ over `model`'s training VAE layers of their latents' KL to N(0, 1), in nats."""
-    terms = [param.kl(mu) for _, param, mu in _vae_layers(model) if param.latent_log_var is not None]
+    terms = [param.kl(mu) for _, param, mu in layers_stored_by(model, VAEWeight) if param.latent_log_var is not None]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -239,13 +232,13 @@ class VAE(Method):
             return {"kl_bits": round(float(kl_divergence(model)) / math.log(2.0))}
 
     def finish(self, model: nn.Module) -> None:
-        for _, param, mu in _vae_layers(model):
+        for _, param, mu in layers_stored_by(model, VAEWeight):
             param.finish(mu)
 
     def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         """A finished model's layers hold integer latents under a prior, and no log σ²."""
         names = {id(m): n for n, m in model.named_modules()}
-        for module, param, _ in _vae_layers(model):
+        for module, param, _ in layers_stored_by(model, VAEWeight):
             prior = state_dict.get(f"{names[id(module)]}.parametrizations.weight.0.prior_log_scale")
             if prior is not None:
                 param.finished(torch.zeros_like(prior, device=param.first_layer().weight.device))

@@ -74,6 +74,7 @@ class VAEWeight(TransformWeight):
         self.latent_dim, self.hidden, self.fit_steps = latent_dim, hidden, fit_steps
         self.decoder = mlp(latent_dim, hidden, self.block).to(device=device, dtype=dtype)
         self.latent_log_var = nn.Parameter(torch.zeros(self.num_blocks, latent_dim, dtype=dtype, device=device))
+        self.register_parameter("prior_log_scale", None)  # set when finished
 
     @property
     def num_blocks(self) -> int:
@@ -123,8 +124,7 @@ class VAEWeight(TransformWeight):
             last = self.decoder if isinstance(self.decoder, nn.Linear) else self.decoder[-1]
             last.weight.mul_(scale)
             last.bias.mul_(scale)
-            if self.latent_log_var is not None:
-                self.latent_log_var.copy_(log_var)
+            self.latent_log_var.copy_(log_var)
         return mu, [before, after]
 
     @torch.no_grad()
@@ -140,7 +140,7 @@ class VAEWeight(TransformWeight):
         return mu
 
     def stored(self) -> int:
-        prior = 0 if getattr(self, "prior_log_scale", None) is None else self.latent_dim
+        prior = 0 if self.prior_log_scale is None else self.latent_dim
         return self.num_blocks * self.latent_dim + sum(p.numel() for p in self.decoder.parameters()) + prior
 
     @torch.no_grad()

@@ -32,10 +32,11 @@ FIT_LR = 3e-3
 MIN_SCALE = 1e-3  # a latent dimension at 0 in every block: its prior puts ~all mass on 0
 
 
-def mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
-    """n_in → hidden → n_out with a GELU between (hidden = 0: one affine map)."""
+def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """n_in → hidden → n_out with a GELU between (hidden = 0: one affine map); [0] is the first
+    Linear, [-1] the last."""
     if not hidden:
-        return nn.Linear(n_in, n_out)
+        return nn.Sequential(nn.Linear(n_in, n_out))
     return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, n_out))
 
 
@@ -121,9 +122,8 @@ class VAEWeight(TransformWeight):
         with torch.no_grad():
             after = self._relative_error(encoder, x)
             mu, log_var = encoder(x).chunk(2, dim=-1)
-            last = self.decoder if isinstance(self.decoder, nn.Linear) else self.decoder[-1]
-            last.weight.mul_(scale)
-            last.bias.mul_(scale)
+            self.decoder[-1].weight.mul_(scale)
+            self.decoder[-1].bias.mul_(scale)
             self.latent_log_var.copy_(log_var)
         return mu, [before, after]
 
@@ -153,9 +153,6 @@ class VAEWeight(TransformWeight):
     def kl(self, mu: torch.Tensor) -> torch.Tensor:
         return kl_nats(mu, self.latent_log_var)
 
-    def first_layer(self) -> nn.Linear:
-        return self.decoder if isinstance(self.decoder, nn.Linear) else self.decoder[0]
-
     @torch.no_grad()
     def finish(self, mu: torch.Tensor) -> None:
         """Integer latents k = round(μ / s) with s the median σ of each latent dimension, s folded
@@ -163,7 +160,7 @@ class VAEWeight(TransformWeight):
         each dimension fitted to k (scale = mean |k|), σ dropped."""
         step = (0.5 * self.latent_log_var).exp().median(dim=0).values
         k = torch.round(mu / step)
-        self.first_layer().weight.mul_(step)
+        self.decoder[0].weight.mul_(step)
         mu.copy_(k)
         self.finished(k.abs().mean(0, keepdim=True).clamp_min(MIN_SCALE).log())
 
@@ -241,4 +238,4 @@ class VAE(Method):
         for module, param, _ in layers_stored_by(model, VAEWeight):
             prior = state_dict.get(f"{names[id(module)]}.parametrizations.weight.0.prior_log_scale")
             if prior is not None:
-                param.finished(torch.zeros_like(prior, device=param.first_layer().weight.device))
+                param.finished(torch.zeros_like(prior, device=param.decoder[0].weight.device))

@@ -30,7 +30,22 @@ def sweep(env, root: Path, sweep_dir: Path, args: list[str], wait: bool = True):
     cmd = [sys.executable, "-m", "cnncomp.train", "--multirun", f"hydra.sweep.dir={sweep_dir}", *LAUNCHER, *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the sweep timed out\n{cluster_report(env, sweep_dir)}") from e
+
+
+def cluster_report(env, sweep_dir: Path) -> str:
+    """What SLURM says of its node and jobs, and the tail of every job log of the sweep: why a
+    job pends or hangs, for a failure message."""
+    parts = []
+    for cmd in (["sinfo", "-N", "-o", "%N %T %C %E"], ["squeue", "-o", "%i %T %r %M"], ["sacct", "-X", "-n"]):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        parts.append(f"$ {' '.join(cmd)}\n{(out.stdout + out.stderr)[-1500:]}")
+    for log in sorted((sweep_dir / ".submitit").rglob("*_log.*")):
+        parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+    return "\n".join(parts)
 
 
 def wait_for(pred, timeout: float, what: str):
@@ -100,6 +115,8 @@ def preempt_once(env, root: Path, sweep_dir: Path, args: list[str]) -> tuple[Pat
         wait_for(lambda: state(env, jid) == "PENDING", 60, "the requeued job")
         subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=env, check=True)
         stdout, _ = driver.communicate(timeout=240)
+    except (AssertionError, subprocess.TimeoutExpired) as e:
+        raise AssertionError(f"{e}\n{cluster_report(env, sweep_dir)}") from e
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -36,13 +36,15 @@ def environment() -> DistEnv | None:
     """The distributed environment this process runs in, or None for a single process.
 
     torchrun's variables win; in a submitit job with several tasks (and none of them set), they are
-    exported from the job's own environment first (SLURM task ids, first host as master). A world
-    of one is no group."""
+    exported from the job's own environment first (SLURM task ids, first host as master, loopback
+    for a one-node job). A world of one is no group."""
     if "RANK" not in os.environ and _submitit_tasks() > 1:
         from submitit.helpers import TorchDistributedEnvironment
 
         # every task sees all the node's GPUs; LOCAL_RANK picks one (see `process_group`)
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        job = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        if job.local_world_size == job.world_size:  # one node: meet on loopback, needing no name lookup
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     env = DistEnv(

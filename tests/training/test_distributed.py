@@ -170,6 +170,10 @@ def test_environment_exported_from_a_multi_task_submitit_slurm_job(monkeypatch):
     assert distributed.environment() == distributed.DistEnv(rank=3, local_rank=1, world_size=4)
     assert os.environ["MASTER_ADDR"] == "gpu07" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # every task sees the node's GPUs; LOCAL_RANK picks
+    one_node = {**slurm, "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0"}
+    monkeypatch.setattr(os, "environ", {**one_node, "SLURM_PROCID": "1", "SLURM_JOB_NODELIST": "gpu07"})
+    assert distributed.environment() == distributed.DistEnv(rank=1, local_rank=1, world_size=2)
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1"  # no name lookup within one node
     monkeypatch.setattr(os, "environ", {**slurm, "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1"})
     assert distributed.environment() is None and "RANK" not in os.environ
 
@@ -223,13 +227,17 @@ def test_multigpu_profile_follows_devices_and_nodes():
     assert launcher.setup == ["export SLURM_KILL_BAD_EXIT=1"]
 
 
+# as slurm_multigpu: a rank that fails ends the job instead of leaving the other in a collective
+TWO_TASKS = ["hydra.launcher.tasks_per_node=2", 'hydra.launcher.setup=["export SLURM_KILL_BAD_EXIT=1"]']
+
+
 @pytest.mark.slurm
 def test_two_task_ddp_job_on_slurm(slurm_env, tmp_path, root):
     """A 2-task DDP cell (gloo, 1 CPU a task) through submitit_slurm: one result.json, world_size 2."""
     from test_slurm import SMOKE, sweep
 
     args = [*SMOKE, "trainer.max_epochs=2", "trainer.device=cpu", "trainer.devices=2"]
-    out = sweep(slurm_env, root, tmp_path, [*args, "hydra.launcher.tasks_per_node=2"])
+    out = sweep(slurm_env, root, tmp_path, [*args, *TWO_TASKS])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     records = list(tmp_path.rglob("result.json"))
     assert len(records) == 1
@@ -250,7 +258,7 @@ def test_preempted_two_task_ddp_job_requeues_and_resumes(slurm_env, tmp_path, ro
 
     epochs = 4
     args = [*SMOKE, "dataset.num_train=4000", f"trainer.max_epochs={epochs}", "trainer.device=cpu"]
-    args += ["trainer.devices=2", "hydra.launcher.tasks_per_node=2"]
+    args += ["trainer.devices=2", *TWO_TASKS]
     cell, jid = preempt_once(slurm_env, root, tmp_path, args)
     record = json.loads((cell / "result.json").read_text())
     assert (record["status"], record["world_size"], record["epochs_completed"]) == ("completed", 2, epochs)

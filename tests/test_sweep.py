@@ -1,13 +1,16 @@
 """Multirun sweeps through the real app (`python -m cnncomp.train --multirun`) and real launchers.
 
 Job dirs named from the varying overrides, reruns that skip finished cells, sweeps that never share
-a dir, the end-of-sweep summary and exit code, basic vs submitit_local giving the same results.
+a dir, the end-of-sweep summary and exit code, Ctrl-C stopping a whole sweep, basic vs
+submitit_local giving the same results.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,30 @@ def test_failing_cell_is_summarized_and_exits_nonzero(tmp_path, root):
     again = multirun(args, root)
     assert again.returncode == 1
     assert "2 cells: 0 completed, 1 skipped (done before), 1 failed" in again.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_whole_local_sweep_and_the_rerun_resumes_it(sig, tmp_path, root):
+    """Ctrl-C (or SIGTERM) in the first of two cells: that cell checkpoints, the second never
+    starts, the summary says so and the exit code is 130; the same command resumes from last.pt."""
+    args = ["model=lenet", "kernel=dct,dst", "dataset=synthetic", "dataset.num_train=2000"]
+    args += ["dataset.num_test=32", "trainer.max_epochs=10", f"hydra.sweep.dir={tmp_path}"]
+    driver = multirun(args, root, wait=False)
+    first = tmp_path / "kernel=dct"
+    deadline = time.time() + 120
+    while not (first / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(sig)
+    stdout, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stdout[-3000:]
+    assert json.loads((first / "result.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "kernel=dst").exists()
+    rows = summary(tmp_path)["rows"]
+    assert [r["outcome"] for r in rows] == ["failed", "failed"]
+    assert f"interrupted by {sig.name}" in rows[0]["error"]
+    assert rows[1]["error"] == "not started: the sweep was interrupted"
+
+    again = multirun(args, root)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "2 cells: 2 completed" in again.stdout
+    assert "resumed from" in (first / "train.log").read_text()

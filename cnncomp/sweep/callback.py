@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,9 @@ from cnncomp.sweep.launcher import clear_returns, record_return, recorded_return
 log = logging.getLogger("cnncomp.sweep")
 
 SUMMARY_FILE = "sweep_summary.json"
+EXIT_INTERRUPTED = 130  # as a single interrupted run exits (cnncomp.train.EXIT_CODES)
+NOT_RUN = "no result came back from this cell's job"
+NOT_STARTED = "not started: the sweep was interrupted"
 
 
 def _quote(s: str) -> str:
@@ -69,10 +72,12 @@ class SweepCallback(Callback):
         self.sweep_dir: Path | None = None
         self.cells: list[list[str]] | None = None
         self._prior: tuple[Path, Any] | None = None
+        self._driver_pid: int | None = None
 
     # -- driver
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         clear_returns()
+        self._driver_pid = os.getpid()
         self.sweep_dir = _claim_sweep_dir(config)
         vary, fixed = varying_keys(config)
         if vary:
@@ -90,15 +95,19 @@ class SweepCallback(Callback):
         self.cells = expected_cells(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
-        summary = summarize(sweep_dir, self.cells, recorded_returns())
-        print(format_summary(summary), flush=True)
+        summary = self._summarize(config, NOT_RUN)
+        if summary["counts"].get("failed", 0) and self.exit_on_failure:
+            raise SystemExit(1)  # not an Exception: Hydra's callback runner would swallow that
+
+    def _summarize(self, config: DictConfig, missing: str) -> dict[str, Any]:
+        """Print the summary and write it to the sweep dir; `missing` is the error of a cell with no return."""
         import cnncomp.atomic as atomic
 
+        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        summary = summarize(sweep_dir, self.cells, recorded_returns(), missing)
+        print(format_summary(summary), flush=True)
         atomic.write_json(sweep_dir / SUMMARY_FILE, summary)
-        if summary["counts"].get("failed", 0) and self.exit_on_failure:
-            sys.stdout.flush()
-            raise SystemExit(1)  # not an Exception: Hydra's callback runner would swallow that
+        return summary
 
     # -- the job's process (the driver for the basic launcher, a worker for submitit)
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -121,6 +130,11 @@ class SweepCallback(Callback):
         num = OmegaConf.select(config, "hydra.job.num")
         if num is not None:
             record_return(num, job_return)
+        if isinstance(value, dict) and value.get("status") == "interrupted" and os.getpid() == self._driver_pid:
+            # Ctrl-C or SIGTERM reached the process that runs the cells (the basic launcher): the
+            # user stops the sweep, not only this cell, so the next cell must not start
+            self._summarize(config, NOT_STARTED)
+            raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _ended_at(path: Path) -> Any:
@@ -133,9 +147,9 @@ def _ended_at(path: Path) -> Any:
 # ----------------------------------------------------------------------------------------- summary
 
 
-def _classify(job_return: JobReturn | None) -> tuple[str, dict[str, Any]]:
+def _classify(job_return: JobReturn | None, missing: str) -> tuple[str, dict[str, Any]]:
     if job_return is None:
-        return "failed", {"error": "no result came back from this cell's job"}
+        return "failed", {"error": missing}
     if job_return.status == JobStatus.FAILED:
         return "failed", {"error": f"{type(job_return._return_value).__name__}: {job_return._return_value}"}
     value = job_return._return_value
@@ -146,17 +160,20 @@ def _classify(job_return: JobReturn | None) -> tuple[str, dict[str, Any]]:
     return "failed", value
 
 
-def summarize(sweep_dir: Path, cells: list[list[str]] | None, returns: dict[int, JobReturn]) -> dict[str, Any]:
+def summarize(
+    sweep_dir: Path, cells: list[list[str]] | None, returns: dict[int, JobReturn], missing: str = NOT_RUN
+) -> dict[str, Any]:
     """Per-cell outcome of a multirun: completed (trained now), skipped (done before), failed.
 
-    `failed` covers records with status failed, diverged or interrupted and jobs that died without
-    a record. The cell's own `result.json` is read for its metrics when its job dir is known.
+    `failed` covers records with status failed, diverged or interrupted and cells with no return
+    (a job that died without a record, or one not started: `missing` is their error). The cell's
+    own `result.json` is read for its metrics when its job dir is known.
     """
     nums = range(len(cells)) if cells is not None else sorted(returns)
     rows = []
     for num in nums:
         jr = returns.get(num)
-        outcome, value = _classify(jr)
+        outcome, value = _classify(jr, missing)
         overrides = cells[num] if cells is not None else list(getattr(jr, "overrides", None) or [])
         run_dir = value.get("run_dir")
         if run_dir is None and jr is not None and jr.hydra_cfg is not None:

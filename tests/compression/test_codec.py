@@ -13,6 +13,7 @@ from cnncomp.compression import compress_model, sparse_vd
 from cnncomp.compression import entropy as ent
 from cnncomp.compression.codec import (
     FORMAT_VERSION,
+    HEADER_DICT,
     CodecError,
     CodecSpec,
     decode,
@@ -20,6 +21,7 @@ from cnncomp.compression.codec import (
     encode,
     quantize,
     read_file,
+    read_header,
     write_file,
 )
 from cnncomp.compression.kinds import tensor_kind
@@ -334,8 +336,7 @@ def test_a_dense_models_weights_are_quantized_and_its_biases_kept(tmp_path):
 
 def _frame(data: bytes) -> tuple[int, dict]:
     """(version, header JSON) of a file's bytes."""
-    _, version, n = struct.unpack_from("<4sHI", data)
-    return version, json.loads(zlib.decompress(data[10 : 10 + n]))
+    return struct.unpack_from("<4sHI", data)[1], read_header(data)
 
 
 def test_other_coded_quantizes_the_biases_at_bits_and_keeps_the_counters():
@@ -396,7 +397,7 @@ def test_records_spell_out_only_what_differs_and_version_1_files_still_read():
     sd["bn.num_batches_tracked"], sd["empty.bias"] = torch.tensor(3), torch.zeros(0)  # the latter: no side bytes
     data, _ = encode(sd, {"model": "lenet"}, CodecSpec())
     version, header = _frame(data)
-    assert version == FORMAT_VERSION == 2
+    assert version == FORMAT_VERSION == 3
     records = header["records"]
     assert all(("dtype" in r) == (sd[r["name"]].dtype != torch.float32) for r in records)
     assert {r["dtype"] for r in records if "dtype" in r} == {"torch.bool", "torch.int64"}
@@ -414,3 +415,20 @@ def test_records_spell_out_only_what_differs_and_version_1_files_still_read():
     _, new = decode(data)
     assert meta == {"model": "lenet"} and list(decoded) == list(new) == list(sd)
     assert all(decoded[n].dtype == new[n].dtype and torch.equal(decoded[n], new[n]) for n in sd)
+
+
+def test_version_3_deflates_the_header_against_its_dictionary_and_version_2_files_still_read():
+    sd = compressed_lenet("sparse_vd").state_dict()
+    meta = {"model_args": {"name": "lenet", "num_classes": 10, "in_channels": 1, "image_size": 28}}
+    data, _ = encode(sd, meta, CodecSpec(bits=4))
+    _, header = _frame(data)
+    n = struct.unpack_from("<4sHI", data)[2]
+    plain = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    assert n < 0.75 * len(plain) and len(plain) - n >= 100, (n, len(plain))
+    assert zlib.crc32(HEADER_DICT) == 0x072D05AE  # part of the format: a change needs a new version
+    # version 2: the same header deflated without the dictionary
+    body = struct.pack("<4sHI", b"CNNC", 2, len(plain)) + plain + data[10 + n : -4]
+    v2 = body + struct.pack("<I", zlib.crc32(body))
+    (old_meta, old), (new_meta, new) = decode(v2), decode(data)
+    assert old_meta == new_meta == meta and list(old) == list(new) == list(sd)
+    assert all(torch.equal(old[k], new[k]) for k in sd)

@@ -17,7 +17,7 @@ SLACK = 0.002 + 2 * 257 / 2**24  # bits a value over log2(levels): entropy.coder
 
 
 def compress_bound(n: int) -> int:
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13  # zlib's compressBound
+    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + 4  # zlib's compressBound + the preset dictionary's id
 
 
 def test_a_tiny_linear_by_hand():

@@ -24,8 +24,7 @@ File layout (little-endian):
     b"CNNC" | version: uint16 | header length: uint32 | header: zlib(JSON) | side bytes
     | ANS words: uint32… | crc32: uint32
 
-From version 3 the header is deflated against a preset dictionary (`HEADER_DICT`, RFC 1950's FDICT)
-of the names and keys every header repeats: ~0.4 KB less a file, 5-7 % of one of a few KB.
+From version 3 the header is deflated against a preset dictionary (`compression.header`).
 
 The header holds the caller's `meta`, the spec, and one record per tensor in state_dict order
 (name, shape, dtype unless float32, kind, coding parameters and how many side bytes it takes unless
@@ -50,11 +49,11 @@ import torch
 import cnncomp.atomic as atomic
 from cnncomp.compression import entropy, kinds, raw
 from cnncomp.compression.entropy import empirical_entropy_bits
+from cnncomp.compression.header import deflate_header, inflate_header
 from cnncomp.compression.quantizers import dequantize_uniform, kmeans_symbols, uniform_symbols
 
 __all__ = [
     "FORMAT_VERSION",
-    "HEADER_DICT",
     "MAGIC",
     "CodecError",
     "CodecSpec",
@@ -72,37 +71,6 @@ __all__ = [
 
 MAGIC = b"CNNC"
 FORMAT_VERSION = 3
-# Part of the format from version 3 (a test pins its crc32): changing it needs a new version. Most
-# repeated fragments last, where deflate's distances are shortest.
-HEADER_DICT = "".join(
-    (
-        '"bn1.running_mean","bn1.running_var","bn1.num_batches_tracked","dtype":"torch.int64","store":"varint"',
-        '"wavelet":"haar","selection":"lowpass","seed":0,"latent_dim":4,"block_size":16,"hidden":32,',
-        '"fit_steps":1000,"kl_weight":1.0,"rate_weight":1.0,"init_step":0.25,"quantizer":"kmeans","codebook":32,',
-        '"quantizer":"none","store":"coded","index":"bitmap",',
-        '{"meta":{"model_args":{"name":"lenet","num_classes":10,"in_channels":1,"image_size":28},',
-        '"config":{"model":{"name":"lenet"},"kernel":{"keep":1.0,"axes":null,"name":"dct"},',
-        '"method":{"init":"project","name":"sparse_vd","threshold":3.0,"kl_scale":1.0,"kl_warmup_epochs":3,',
-        '"finetune_epochs":0,"log_sigma2_init":-10.0},"layers":{"skip_first":false,"skip_last":false,"name":"all"},',
-        '"codec":{"name":"uniform","bits":8,"other":"float16","finetune_epochs":0}}},',
-        '"spec":{"quantizer":"uniform","bits":8,"other":"float16"},"records":[',
-        '{"name":"classifier.0.parametrizations.weight.0.decoder.0.weight","shape":[32,4],"kind":"exact",',
-        '"store":"torch.float16","side":256},{"name":"classifier.0.parametrizations.weight.0.decoder.2.bias",',
-        '{"name":"features.0.parametrizations.weight.original","shape":[20,1,5,5],"kind":"symbols",',
-        '"prior":"features.0.parametrizations.weight.0.prior_log_scale","lo":-1,"hi":1},',
-        '{"name":"features.0.parametrizations.weight.0.decoder_log_step","shape":[1,1,5,5],"kind":"exact",',
-        '"store":"torch.float16","side":50},{"name":"features.0.parametrizations.weight.0.decoder_shift",',
-        '{"name":"classifier.0.bias","shape":[500],"kind":"raw","store":"torch.float16","side":1000},',
-        '{"name":"classifier.0.parametrizations.weight.original","shape":[4740],"kind":"values",',
-        '"quantizer":"uniform","step":0.1,"side":34},',
-        '{"name":"classifier.0.parametrizations.weight.0.mask","shape":[500,800],"dtype":"torch.bool",',
-        '"kind":"mask","kept":4740,"index":"gaps","escape":64,"side":359},',
-        '{"name":"features.0.bias","shape":[20],"kind":"raw","quantizer":"uniform","step":0.03,"side":19},',
-        '{"name":"features.0.parametrizations.weight.original","shape":[321],"kind":"values","quantizer":"uniform",',
-        '"step":0.1,"side":19},{"name":"features.0.parametrizations.weight.0.mask","shape":[20,1,5,5],',
-        '"dtype":"torch.bool","kind":"mask","kept":321,"index":"bitmap","escape":0,"side":6}],"ans_words":',
-    )
-).encode()
 QUANTIZERS = ("uniform", "kmeans", "none")
 OTHERS = ("float16", "float32", "coded")
 DEFAULT_DTYPE = torch.float32  # a record names its tensor's dtype only when it is another
@@ -305,7 +273,7 @@ def encode(
             coded[i] = plans[i].stream.encode(coder)
     words = coder.get_compressed().astype("<u4").tobytes()
     records = [p.record | ({"side": len(p.side)} if p.side else {}) for p in plans]
-    header_bytes = _deflate(_header_json(meta, spec, records, len(words) // 4))
+    header_bytes = deflate_header(_header_json(meta, spec, records, len(words) // 4))
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(p.side for p in plans)
     body += words
     data = body + _CRC.pack(zlib.crc32(body))
@@ -341,19 +309,10 @@ def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tu
     return _PREFIX.size + n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + dict_id + _CRC.size
 
 
-def _deflate(header: bytes) -> bytes:
-    deflate = zlib.compressobj(9, zdict=HEADER_DICT)
-    return deflate.compress(header) + deflate.flush()
-
-
 def read_header(data: bytes) -> dict:
     """The header JSON of a file's bytes whose frame `decode` has checked (any version)."""
     _, version, header_len = _PREFIX.unpack_from(data)
-    inflate = zlib.decompressobj(zdict=HEADER_DICT) if version >= 3 else zlib.decompressobj()
-    header = inflate.decompress(data[_PREFIX.size : _PREFIX.size + header_len])
-    if not inflate.eof:
-        raise ValueError("the header's zlib stream is cut short")
-    return json.loads(header)
+    return json.loads(inflate_header(data[_PREFIX.size : _PREFIX.size + header_len], version))
 
 
 def _stats(plans: list[_Plan], coded: list[int], total_bytes: int) -> FileStats:

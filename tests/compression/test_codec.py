@@ -13,7 +13,6 @@ from cnncomp.compression import compress_model, sparse_vd
 from cnncomp.compression import entropy as ent
 from cnncomp.compression.codec import (
     FORMAT_VERSION,
-    HEADER_DICT,
     CodecError,
     CodecSpec,
     decode,
@@ -24,6 +23,7 @@ from cnncomp.compression.codec import (
     read_header,
     write_file,
 )
+from cnncomp.compression.header import HEADER_DICT
 from cnncomp.compression.kinds import tensor_kind
 from cnncomp.models import build_model
 

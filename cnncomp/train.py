@@ -32,10 +32,9 @@ from cnncomp.data import DataNotFoundError
 from cnncomp.errors import ConfigError
 from cnncomp.training import checkpoint, distributed, engine, loop
 from cnncomp.training.model import run_method
-from cnncomp.training.record import RunRecord, config_hash, environment, redact
+from cnncomp.training.record import EXIT_CODES, RunRecord, config_hash, environment, redact
 
 log = logging.getLogger("cnncomp")
-EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
 
 
 class Interrupted(Exception):

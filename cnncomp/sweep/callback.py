@@ -16,11 +16,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnncomp.sweep.cells import expected_cells, varying_keys
 from cnncomp.sweep.launcher import clear_returns, record_return, recorded_returns
+from cnncomp.training.record import EXIT_CODES
 
 log = logging.getLogger("cnncomp.sweep")
 
 SUMMARY_FILE = "sweep_summary.json"
-EXIT_INTERRUPTED = 130  # as a single interrupted run exits (cnncomp.train.EXIT_CODES)
 NOT_RUN = "no result came back from this cell's job"
 NOT_STARTED = "not started: the sweep was interrupted"
 
@@ -134,7 +134,7 @@ class SweepCallback(Callback):
             # Ctrl-C or SIGTERM reached the process that runs the cells (the basic launcher): the
             # user stops the sweep, not only this cell, so the next cell must not start
             self._summarize(config, NOT_STARTED)
-            raise SystemExit(EXIT_INTERRUPTED)
+            raise SystemExit(EXIT_CODES["interrupted"])
 
 
 def _ended_at(path: Path) -> Any:

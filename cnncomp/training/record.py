@@ -78,6 +78,10 @@ def format_metric(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+# the exit status of a run that ended so (a sweep interrupted by a signal exits as its cell did)
+EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
+
+
 @dataclass
 class RunRecord:
     """Everything a run reports, on every ending (`status`); None where the run did not get that far."""

@@ -49,9 +49,9 @@ def _check_trainer(t: dict[str, Any]) -> None:
         )
     for key in ("deterministic", "channels_last", "compile"):
         _require(isinstance(t[key], bool), f"trainer.{key} must be true or false, got {t[key]!r}")
-    _require(isinstance(t["lr"], (int, float)) and t["lr"] > 0, f"trainer.lr must be > 0, got {t['lr']!r}")
+    _require(_number(t["lr"]) and t["lr"] > 0, f"trainer.lr must be > 0, got {t['lr']!r}")
     _require(
-        isinstance(t["val_fraction"], (int, float)) and 0 <= t["val_fraction"] < 1,
+        _number(t["val_fraction"]) and 0 <= t["val_fraction"] < 1,
         f"trainer.val_fraction must be in [0, 1), got {t['val_fraction']!r}",
     )
     choices = {
@@ -62,6 +62,15 @@ def _check_trainer(t: dict[str, Any]) -> None:
     }
     for key, allowed in choices.items():
         _require(str(t[key]) in allowed, f"trainer.{key}={t[key]!r} is not allowed; allowed: {', '.join(allowed)}")
+    _require(_number(t["distill"]) and t["distill"] >= 0, f"trainer.distill must be >= 0, got {t['distill']!r}")
+    _require(
+        _number(t["distill_temperature"]) and t["distill_temperature"] > 0,
+        f"trainer.distill_temperature must be > 0, got {t['distill_temperature']!r}",
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_compression(c: dict[str, Any]) -> None:
@@ -86,6 +95,10 @@ def _check_compression(c: dict[str, Any]) -> None:
 def check_config(c: dict[str, Any]) -> None:
     """Reject bad values before anything is loaded or trained (ConfigError naming the value)."""
     _check_trainer(c["trainer"])
+    _require(
+        not c["trainer"]["distill"] or bool(c["model"].get("pretrained")),
+        f"trainer.distill={c['trainer']['distill']} needs a teacher: give model.pretrained (a dense model.pt)",
+    )
     catalogs = {"model": list_models(), "dataset": list_datasets(), "logger": LOGGERS}
     for group, allowed in catalogs.items():
         name = c[group]["name"]

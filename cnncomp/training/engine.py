@@ -108,11 +108,13 @@ def train_epoch(
     channels_last: bool = False,
     penalty: Callable[[], torch.Tensor] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; loss and accuracy accumulate on the device (one sync per epoch: the
     step itself never waits for the device). `model` may be a `torch.compile`d module;
     channels_last passes 4-d inputs in NHWC memory order (use with a channels_last model).
-    `penalty()` is added to each step's loss (e.g. sparse VD's KL/N); the reported loss excludes it.
+    `penalty()` is added to each step's loss (e.g. sparse VD's KL/N), and so is `distill(x, logits)`
+    (a teacher's term, `training.distill`); the reported loss excludes both.
     `reduce` sums the (loss·n, correct, n) totals over data-parallel ranks (e.g.
     `distributed.all_reduce_sum`); "images" is then the images of all ranks."""
     model.train()
@@ -123,8 +125,9 @@ def train_epoch(
         with _autocast(device, precision):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            objective = loss if distill is None else loss + distill(x, logits)
         optimizer.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty()).backward()
+        (objective if penalty is None else objective + penalty()).backward()
         optimizer.step()
         if schedule is not None:
             schedule.step()

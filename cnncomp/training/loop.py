@@ -34,6 +34,7 @@ from cnncomp.compression import (
 from cnncomp.data import DataSpec, build_data
 from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.training import checkpoint, distributed, engine
+from cnncomp.training.distill import build_distillation
 from cnncomp.training.loggers import build_loggers
 from cnncomp.training.model import MODEL_FILE, QUANTIZE, build_run_model, codec_spec, file_meta, run_method, run_stages
 from cnncomp.training.record import RunRecord, format_metric
@@ -76,6 +77,7 @@ class Run:
         spec = DataSpec.from_config(config["dataset"], t, rank=distributed.rank(), world_size=distributed.world_size())
         self.data = build_data(spec, device=device)
         self._build_model()
+        self.distill = build_distillation(config, self.model_args, device, channels_last=self.channels_last)
         if config["method"]["init"] == "gain":
             self._match_gain()
         elif config["method"]["init"] == "project" and not config["model"].get("pretrained"):
@@ -177,6 +179,7 @@ class Run:
                 channels_last=self.channels_last,
                 penalty=penalty,
                 reduce=distributed.all_reduce_sum,
+                distill=self.distill,
             )
 
     def end_epoch(self, epoch: int, stage: Stage, fit: dict[str, Any], started: float) -> None:

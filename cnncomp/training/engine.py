@@ -114,7 +114,7 @@ def train_epoch(
     step itself never waits for the device). `model` may be a `torch.compile`d module;
     channels_last passes 4-d inputs in NHWC memory order (use with a channels_last model).
     `penalty()` is added to each step's loss (e.g. sparse VD's KL/N), and so is `distill(x, logits)`
-    (a teacher's term, `training.distill`); the reported loss excludes both.
+    (a teacher's term, `cnncomp.training.distill`); the reported loss excludes both.
     `reduce` sums the (loss·n, correct, n) totals over data-parallel ranks (e.g.
     `distributed.all_reduce_sum`); "images" is then the images of all ranks."""
     model.train()

@@ -6,7 +6,8 @@ values (every `….parametrizations.<p>.original*`: transform coefficients, kept
 factors, frequency amplitudes) are quantized per tensor, uniformly or by k-means with a linearly
 initialized codebook (Deep Compression's best initialization), and their symbols entropy-coded with
 a categorical model of their own counts (constriction's ANS coder in place of Huffman). Boolean
-masks are coded as a bitmap or as gaps between kept positions, whichever is smaller. Everything
+masks are coded as a bitmap, as gaps between kept positions, or by their lines (a matrix's non-empty
+rows and columns, then the mask where they cross), whichever is smallest. Everything
 else (biases, norm statistics, counters) is stored raw: floats as float16 or float32, or
 (`other="coded"`) quantized uniformly at `bits` and entropy-coded as the stored values are; integers
 as varints. The "exact" tensors (`kinds.tensor_kind`: a frequency layer's `freq` and `phase`, EPR's
@@ -24,7 +25,8 @@ File layout (little-endian):
     b"CNNC" | version: uint16 | header length: uint32 | header: zlib(JSON) | side bytes
     | ANS words: uint32… | crc32: uint32
 
-From version 3 the header is deflated against a preset dictionary (`compression.header`).
+From version 3 the header is deflated against a preset dictionary (`compression.header`); from
+version 4 a mask may be coded by its lines.
 
 The header holds the caller's `meta`, the spec, and one record per tensor in state_dict order
 (name, shape, dtype unless float32, kind, coding parameters and how many side bytes it takes unless
@@ -70,7 +72,7 @@ __all__ = [
 ]
 
 MAGIC = b"CNNC"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 QUANTIZERS = ("uniform", "kmeans", "none")
 OTHERS = ("float16", "float32", "coded")
 DEFAULT_DTYPE = torch.float32  # a record names its tensor's dtype only when it is another
@@ -149,7 +151,7 @@ class _Plan:
 
     record: dict
     side: bytes
-    stream: entropy.Stream | None
+    stream: entropy.Stream | entropy.PriorStream | entropy.MaskCode | entropy.LinesCode | None  # has encode(coder)
     decoded: torch.Tensor
     bits_kind: str  # "value", "index" or "other": which FileStats field its coded bits go to
     side_bits: int = 0  # bits of `side` that are payload rather than table (raw values, escapes)
@@ -178,11 +180,10 @@ def _plan_values(t: torch.Tensor, spec: CodecSpec, record: dict) -> _Plan:
 
 
 def _plan_mask(t: torch.Tensor, record: dict) -> _Plan:
-    flat = t.detach().cpu().numpy().ravel()
-    code = entropy.code_mask(flat)
-    record.update(kept=int(flat.sum()), **code.header())
-    side = entropy.mask_side(code)
-    return _Plan(record, side, code.stream, t.detach().cpu().clone(), "index", 8 * len(code.side))
+    mask = t.detach().cpu().numpy()
+    code = entropy.code_mask(mask)
+    record.update(kept=int(mask.sum()), **code.header())
+    return _Plan(record, code.side_bytes(), code, t.detach().cpu().clone(), "index", code.payload_bits)
 
 
 def store_of(kind: str, dtype: torch.dtype, spec: CodecSpec) -> str:
@@ -303,6 +304,8 @@ def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tu
         for key, value in record.items():
             if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
                 record[key] = _LONGEST_FLOAT if isinstance(value, float) else _LONGEST_INT
+        if record["kind"] == "mask" and len(shape) >= 2:  # its lines' header is the longer one
+            record |= entropy.longest_lines_header(_LONGEST_INT)
         records.append(record | {"shape": list(shape)})
     n = len(_header_json(meta, spec, records, _LONGEST_INT))
     dict_id = 4  # the preset dictionary's adler32 in the zlib stream
@@ -401,7 +404,7 @@ def _decode_record(record: dict, reader: entropy.Reader, coder, decoded: dict) -
     elif kind == "values" or "quantizer" in record:  # and raw floats coded as values (other="coded")
         tensor = _decode_values(record, reader, coder, n, dtype)
     elif kind == "mask":
-        flat = entropy.decode_mask(coder, reader, record["index"], record["escape"], n, record["kept"])
+        flat = entropy.decode_mask(coder, reader, record, shape, record["kept"])
         tensor = torch.from_numpy(flat)
     else:
         tensor = raw.read(reader, record["store"], n, dtype)

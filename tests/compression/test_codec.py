@@ -252,7 +252,7 @@ def _coded_mask_bits(mask: np.ndarray) -> tuple[str, int]:
 
     code = ent.code_mask(mask)
     coder = constriction.stream.stack.AnsCoder()
-    return code.index, code.stream.encode(coder) + 8 * len(ent.mask_side(code))
+    return code.header()["index"], code.encode(coder) + 8 * len(code.side_bytes())
 
 
 def test_random_mask_codes_near_its_entropy():
@@ -267,14 +267,14 @@ def test_random_mask_codes_near_its_entropy():
 
 def test_structured_masks_pick_the_smaller_representation():
     # a block (the top-left 8x8 of 64x64) is a few long gaps; a dense mask, a bitmap of rare zeros
-    block = np.zeros((64, 64), dtype=bool)
+    block = np.zeros(64 * 64, dtype=bool).reshape(64, 64)
     block[:8, :8] = True
-    index, bits = _coded_mask_bits(block)
+    index, bits = _coded_mask_bits(block.ravel())
     assert index == "gaps" and bits < 0.25 * block.size * _binary_entropy(block.mean())
     dense = np.random.default_rng(1).random(20_000) < 0.9
     index, bits = _coded_mask_bits(dense)
     assert index == "bitmap" and bits <= 1.03 * dense.size * _binary_entropy(dense.mean())
-    for mask in (block, dense):
+    for mask in (block.ravel(), dense):
         code = ent.code_mask(mask)
         other = "gaps" if code.index == "bitmap" else "bitmap"
         positions = np.flatnonzero(mask.ravel())
@@ -287,14 +287,42 @@ def test_masks_decode_exactly():
     import constriction
 
     rng = np.random.default_rng(2)
-    for mask in (rng.random(3000) < 0.01, rng.random(3000) < 0.6, np.arange(3000) % 97 == 0):
+    masks = [rng.random(3000) < 0.01, rng.random(3000) < 0.6, np.arange(3000) % 97 == 0]
+    masks += [_unit_pruned_mask(rng, (60, 50), 0.3), _unit_pruned_mask(rng, (30, 20, 5, 5), 0.2)]
+    for mask in masks:
         code = ent.code_mask(mask)
         coder = constriction.stream.stack.AnsCoder()
-        code.stream.encode(coder)
-        reader = ent.Reader(ent.mask_side(code))
+        code.encode(coder)
+        reader = ent.Reader(code.side_bytes())
         decoder = constriction.stream.stack.AnsCoder(coder.get_compressed())
-        flat = ent.decode_mask(decoder, reader, code.index, code.escape, mask.size, int(mask.sum()))
-        assert np.array_equal(flat, mask) and reader.at_end()
+        flat = ent.decode_mask(decoder, reader, code.header(), mask.shape, int(mask.sum()))
+        assert np.array_equal(flat, mask.ravel()) and reader.at_end() and decoder.is_empty()
+    assert [ent.code_mask(m).header()["index"] for m in masks[3:]] == ["lines", "lines"]
+
+
+def _unit_pruned_mask(rng, shape: tuple[int, ...], density: float) -> np.ndarray:
+    """A random mask of `density` inside the crossing of a third of the rows and a quarter of the
+    columns (a matrix: the first axis against the rest): what pruned units leave."""
+    matrix = np.zeros((shape[0], math.prod(shape[1:])), dtype=bool)
+    rows = rng.choice(matrix.shape[0], matrix.shape[0] // 3, replace=False)
+    cols = rng.choice(matrix.shape[1], matrix.shape[1] // 4, replace=False)
+    matrix[np.ix_(rows, cols)] = rng.random((rows.size, cols.size)) < density
+    return matrix.reshape(shape)
+
+
+def test_a_mask_of_pruned_units_is_coded_by_its_lines_near_their_entropy():
+    rng = np.random.default_rng(3)
+    mask = _unit_pruned_mask(rng, (500, 800), 0.1)  # fc1-like: 166 rows, 200 columns alive
+    matrix = mask.reshape(500, -1)
+    rows, cols = matrix.any(1), matrix.any(0)
+    cross = matrix[rows][:, cols]
+    ideal = sum(m.size * _binary_entropy(m.mean()) for m in (rows, cols, cross))
+    index, bits = _coded_mask_bits(mask)
+    flat_bits = min(_coded_mask_bits(mask.ravel())[1], _coded_mask_bits(mask.T.ravel())[1])
+    assert index == "lines" and ideal <= bits <= 1.03 * ideal + 3 * 64
+    assert bits < 0.75 * flat_bits  # the flat codes pay for the empty lines in every gap
+    # a mask without empty lines stays flat
+    assert ent.code_mask(rng.random((50, 40)) < 0.5).header()["index"] == "bitmap"
 
 
 @pytest.mark.parametrize(
@@ -397,7 +425,7 @@ def test_records_spell_out_only_what_differs_and_version_1_files_still_read():
     sd["bn.num_batches_tracked"], sd["empty.bias"] = torch.tensor(3), torch.zeros(0)  # the latter: no side bytes
     data, _ = encode(sd, {"model": "lenet"}, CodecSpec())
     version, header = _frame(data)
-    assert version == FORMAT_VERSION == 3
+    assert version == FORMAT_VERSION == 4
     records = header["records"]
     assert all(("dtype" in r) == (sd[r["name"]].dtype != torch.float32) for r in records)
     assert {r["dtype"] for r in records if "dtype" in r} == {"torch.bool", "torch.int64"}

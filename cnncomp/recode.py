@@ -25,15 +25,18 @@ from cnncomp.training.model import MODEL_FILE, file_meta, load
 DEFAULT_CODECS = ["none", "uniform:8,6,5,4", "kmeans:5,4"]
 
 
-def parse_codecs(items: Sequence[str]) -> list[codec.CodecSpec]:
-    """`uniform:8,6` -> two uniform specs; `none` -> the lossless one (fp32 values and others)."""
+def parse_codecs(items: Sequence[str], other: str = "float16") -> list[codec.CodecSpec]:
+    """`uniform:8,6` -> two uniform specs keeping the other tensors as `other`; `none` -> the
+    lossless one (fp32 values and others)."""
     specs = []
     for item in items:
         name, _, bits = item.partition(":")
         if name == "none":
             specs.append(codec.CodecSpec("none", other="float32"))
         else:
-            specs += [codec.CodecSpec(name, int(b)) for b in bits.split(",") if b] or [codec.CodecSpec(name)]
+            specs += [codec.CodecSpec(name, int(b), other) for b in bits.split(",") if b] or [
+                codec.CodecSpec(name, other=other)
+            ]
     return specs
 
 
@@ -83,9 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path, help="a completed run's job dir (model.pt, model.cnnc, result.json)")
     p.add_argument("--codec", nargs="+", default=DEFAULT_CODECS, help="QUANTIZER[:BITS,...] (default: %(default)s)")
     p.add_argument("--dense", type=Path, help="a dense run's job dir: Δ against its test accuracy")
+    p.add_argument(
+        "--other", choices=codec.OTHERS, help="how biases and other float tensors are kept (default: as the run kept them)"
+    )
     args = p.parse_args(argv)
     try:
-        specs = parse_codecs(args.codec)
+        other = args.other or json.loads((args.run_dir / "result.json").read_text())["config"]["codec"]["other"]
+        specs = parse_codecs(args.codec, other)
         dense_acc = json.loads((args.dense / "result.json").read_text())["test_acc"] if args.dense else None
         rows = recode(args.run_dir, specs)
     except (FileNotFoundError, ValueError, DataNotFoundError) as err:  # CodecError is a ValueError

@@ -56,7 +56,8 @@ def test_a_missing_file_or_format_is_a_clear_error(tmp_path, capsys, root):
     assert run.returncode == 2 and "'tflite'" in run.stderr and "onnx" in run.stderr
 
 
-def test_recode_measures_each_codec_as_the_run_measures_its_own_file(run_dir):
+def test_recode_measures_each_codec_as_the_run_measures_its_own_file(run_dir, capsys):
+    from cnncomp.recode import main as recode_main
     from cnncomp.recode import parse_codecs, recode
 
     record = json.loads((run_dir / "result.json").read_text())
@@ -64,5 +65,10 @@ def test_recode_measures_each_codec_as_the_run_measures_its_own_file(run_dir):
     assert six_bits["file_bytes"] == record["file_bytes"] and six_bits["test_acc"] == record["test_acc"]
     assert lossless["test_acc"] == record["test_acc_unquantized"] and lossless["bits_per_value"] >= 32
     assert three_bits["file_bytes"] < six_bits["file_bytes"] < lossless["file_bytes"]
+    (coded,) = recode(run_dir, parse_codecs(["uniform:6"], "coded"))  # biases quantized too
+    assert coded["file_bytes"] < six_bits["file_bytes"]
+    # by default the other tensors are kept as the run kept them (here float16): its own file again
+    assert recode_main([str(run_dir), "--codec", "uniform:6"]) == 0
+    assert f"| uniform 6 | {record['file_bytes']:,} |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="'gzip'"):
         parse_codecs(["gzip:4"])

@@ -87,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--codec", nargs="+", default=DEFAULT_CODECS, help="QUANTIZER[:BITS,...] (default: %(default)s)")
     p.add_argument("--dense", type=Path, help="a dense run's job dir: Δ against its test accuracy")
     p.add_argument(
-        "--other", choices=codec.OTHERS, help="how biases and other float tensors are kept (default: as the run kept them)"
+        "--other",
+        choices=codec.OTHERS,
+        help="how biases and other float tensors are kept (default: as the run kept them)",
     )
     args = p.parse_args(argv)
     try:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import cnncomp.atomic as atomic
-from cnncomp.compression import entropy, kinds, raw
+from cnncomp.compression import entropy, kinds, masks, raw
 from cnncomp.compression.entropy import empirical_entropy_bits
 from cnncomp.compression.header import deflate_header, inflate_header
 from cnncomp.compression.quantizers import dequantize_uniform, kmeans_symbols, uniform_symbols
@@ -151,7 +151,7 @@ class _Plan:
 
     record: dict
     side: bytes
-    stream: entropy.Stream | entropy.PriorStream | entropy.MaskCode | entropy.LinesCode | None  # has encode(coder)
+    stream: entropy.Stream | entropy.PriorStream | masks.MaskCode | masks.LinesCode | None  # has encode(coder)
     decoded: torch.Tensor
     bits_kind: str  # "value", "index" or "other": which FileStats field its coded bits go to
     side_bits: int = 0  # bits of `side` that are payload rather than table (raw values, escapes)
@@ -181,7 +181,7 @@ def _plan_values(t: torch.Tensor, spec: CodecSpec, record: dict) -> _Plan:
 
 def _plan_mask(t: torch.Tensor, record: dict) -> _Plan:
     mask = t.detach().cpu().numpy()
-    code = entropy.code_mask(mask)
+    code = masks.code_mask(mask)
     record.update(kept=int(mask.sum()), **code.header())
     return _Plan(record, code.side_bytes(), code, t.detach().cpu().clone(), "index", code.payload_bits)
 
@@ -305,7 +305,7 @@ def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tu
             if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
                 record[key] = _LONGEST_FLOAT if isinstance(value, float) else _LONGEST_INT
         if record["kind"] == "mask" and len(shape) >= 2:  # its lines' header is the longer one
-            record |= entropy.longest_lines_header(_LONGEST_INT)
+            record |= masks.longest_lines_header(_LONGEST_INT)
         records.append(record | {"shape": list(shape)})
     n = len(_header_json(meta, spec, records, _LONGEST_INT))
     dict_id = 4  # the preset dictionary's adler32 in the zlib stream
@@ -404,7 +404,7 @@ def _decode_record(record: dict, reader: entropy.Reader, coder, decoded: dict) -
     elif kind == "values" or "quantizer" in record:  # and raw floats coded as values (other="coded")
         tensor = _decode_values(record, reader, coder, n, dtype)
     elif kind == "mask":
-        flat = entropy.decode_mask(coder, reader, record, shape, record["kept"])
+        flat = masks.decode_mask(coder, reader, record, shape, record["kept"])
         tensor = torch.from_numpy(flat)
     else:
         tensor = raw.read(reader, record["store"], n, dtype)

@@ -10,7 +10,7 @@ codec's own rules (`kinds.tensor_kind`, `codec.store_of`, `codec.header_bound`, 
 - quantized values: ≤ log2(levels) bits a value before entropy coding (uniform at b bits: a grid
   through 0 of at most 2**b + 1 levels; k-means: 2**b centroids, plus the codebook at float32), plus
   the coder's slack and each tensor's count table at its longest; quantizer "none": float32 bytes;
-- masks: the bitmap's entropy at the kept count (`code_mask` never picks a coding estimated above
+- masks: the bitmap's entropy at the kept count (`masks.code_mask` never picks a coding estimated above
   it); for a kept set learned in training (`Method.learned_kept`: sparse VD), at the worst count
   the layer's keep budget allows;
 - other tensors: their bytes at `codec.other` (float16/float32; "exact" ones at float32, though a

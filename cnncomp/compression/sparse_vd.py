@@ -10,7 +10,7 @@ which turns every variational layer into a plain masked `TransformWeight` holdin
 With `units`, each layer also learns a dropout rate α_u per input unit (Gaussian dropout of rate α_u
 on the unit's input, Kingma, Salimans & Welling 2015, under the same log-uniform prior): a unit with
 log α_u ≥ threshold drops its whole column (a Linear's input feature, a conv's input channel), so
-the kept weights crowd into fewer units and the mask's lines code (`entropy.LinesCode`) gets cheaper.
+the kept weights crowd into fewer units and the mask's lines code (`masks.LinesCode`) gets cheaper.
 With kernel=identity this is Sparse VD on the weights themselves: the paper's baseline. A run learns
 for `max_epochs - finetune_epochs` epochs, then fixes the kept set and fine-tunes it (`freeze`).
 """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnncomp.compression import compress_model, sparse_vd
+from cnncomp.compression import compress_model, masks, sparse_vd
 from cnncomp.compression import entropy as ent
 from cnncomp.compression.codec import (
     FORMAT_VERSION,
@@ -250,7 +250,7 @@ def _coded_mask_bits(mask: np.ndarray) -> tuple[str, int]:
     """(index coding, bits on the ANS stack + side bytes) for a mask coded alone."""
     import constriction
 
-    code = ent.code_mask(mask)
+    code = masks.code_mask(mask)
     coder = constriction.stream.stack.AnsCoder()
     return code.header()["index"], code.encode(coder) + 8 * len(code.side_bytes())
 
@@ -275,7 +275,7 @@ def test_structured_masks_pick_the_smaller_representation():
     index, bits = _coded_mask_bits(dense)
     assert index == "bitmap" and bits <= 1.03 * dense.size * _binary_entropy(dense.mean())
     for mask in (block.ravel(), dense):
-        code = ent.code_mask(mask)
+        code = masks.code_mask(mask)
         other = "gaps" if code.index == "bitmap" else "bitmap"
         positions = np.flatnonzero(mask.ravel())
         gaps = np.diff(np.concatenate([[-1], positions])) - 1
@@ -287,17 +287,17 @@ def test_masks_decode_exactly():
     import constriction
 
     rng = np.random.default_rng(2)
-    masks = [rng.random(3000) < 0.01, rng.random(3000) < 0.6, np.arange(3000) % 97 == 0]
-    masks += [_unit_pruned_mask(rng, (60, 50), 0.3), _unit_pruned_mask(rng, (30, 20, 5, 5), 0.2)]
-    for mask in masks:
-        code = ent.code_mask(mask)
+    cases = [rng.random(3000) < 0.01, rng.random(3000) < 0.6, np.arange(3000) % 97 == 0]
+    cases += [_unit_pruned_mask(rng, (60, 50), 0.3), _unit_pruned_mask(rng, (30, 20, 5, 5), 0.2)]
+    for mask in cases:
+        code = masks.code_mask(mask)
         coder = constriction.stream.stack.AnsCoder()
         code.encode(coder)
         reader = ent.Reader(code.side_bytes())
         decoder = constriction.stream.stack.AnsCoder(coder.get_compressed())
-        flat = ent.decode_mask(decoder, reader, code.header(), mask.shape, int(mask.sum()))
+        flat = masks.decode_mask(decoder, reader, code.header(), mask.shape, int(mask.sum()))
         assert np.array_equal(flat, mask.ravel()) and reader.at_end() and decoder.is_empty()
-    assert [ent.code_mask(m).header()["index"] for m in masks[3:]] == ["lines", "lines"]
+    assert [masks.code_mask(m).header()["index"] for m in cases[3:]] == ["lines", "lines"]
 
 
 def _unit_pruned_mask(rng, shape: tuple[int, ...], density: float) -> np.ndarray:
@@ -322,7 +322,7 @@ def test_a_mask_of_pruned_units_is_coded_by_its_lines_near_their_entropy():
     assert index == "lines" and ideal <= bits <= 1.03 * ideal + 3 * 64
     assert bits < 0.75 * flat_bits  # the flat codes pay for the empty lines in every gap
     # a mask without empty lines stays flat
-    assert ent.code_mask(rng.random((50, 40)) < 0.5).header()["index"] == "bitmap"
+    assert masks.code_mask(rng.random((50, 40)) < 0.5).header()["index"] == "bitmap"
 
 
 @pytest.mark.parametrize(

@@ -218,17 +218,10 @@ def freeze(model: nn.Module) -> None:
 
 
 def kl_divergence(model: nn.Module) -> torch.Tensor:
-    """Σ KL(q ‖ p) over every variational coefficient of `model`, and each unit's KL times the weights
-    of its column (0 when there are none)."""
+    """Σ KL(q ‖ p) over every variational coefficient (and unit) of `model` (0 when there are none)."""
     layers = [(param, theta) for _, param, theta in layers_stored_by(model, VariationalWeight) if not param.frozen]
     terms = [-neg_kl(param.log_alpha(theta)).sum() for param, theta in layers]
-    # a unit's noise multiplies its whole column: its KL counts once per weight it carries, or one
-    # term against hundreds of weights' would never move it (measured: no unit of Caffe's LeNet-5 drops)
-    terms += [
-        -neg_kl(param.unit_log_alpha_clamped()).sum() * (theta.numel() // theta.shape[1])
-        for param, theta in layers
-        if param.unit_log_alpha is not None
-    ]
+    terms += [-neg_kl(param.unit_log_alpha_clamped()).sum() for param, _ in layers if param.unit_log_alpha is not None]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

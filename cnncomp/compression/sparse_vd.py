@@ -47,10 +47,11 @@ class VariationalWeight(TransformWeight):
     and, when keep < 1, all but the ⌈keep·n⌉ of smallest log α (a budget matched to other methods).
 
     `log_sigma2` (the shape of θ) is the posterior's log variance; `unit_log_alpha` (one per input
-    unit, θ's axis 1, from the given value; None: no unit dropout) each input unit's log dropout
-    rate. Unless the input side is untransformed (`direct`), `in_basis` and `spatial` map an input
-    to its responses to every input-side basis function (`_responses`, for the local
-    reparameterization in `_variational_forward`)."""
+    unit: θ's axis 1, initialized to the given value; None: no unit dropout) the log dropout rate
+    of each input unit. Unless the input side is
+    untransformed (`direct`), `in_basis` and `spatial` map an input to its responses to every
+    input-side basis function (`_responses`, for the local reparameterization in
+    `_variational_forward`)."""
 
     def __init__(
         self,
@@ -110,11 +111,8 @@ class VariationalWeight(TransformWeight):
         )
 
     def kept_units(self) -> torch.Tensor | None:
-        """Boolean mask of the input units that survive (None without unit dropout)."""
+        """Boolean mask of the input units that survive (None without `units`)."""
         return None if self.unit_log_alpha is None else self.unit_log_alpha < self.threshold
-
-    def unit_log_alpha_clamped(self) -> torch.Tensor:
-        return self.unit_log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP)
 
     def kept(self, theta: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the coefficients that survive pruning (the fixed set once frozen)."""
@@ -162,7 +160,7 @@ def _mix(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def _unit_noise(param: VariationalWeight, n: int, dtype: torch.dtype, device) -> torch.Tensor:
     """Each example's multiplicative noise z_u ~ N(1, α_u) on each input unit: (n, in)."""
-    alpha = param.unit_log_alpha_clamped().exp().to(dtype)
+    alpha = param.unit_log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP).exp().to(dtype)
     return 1 + alpha.sqrt() * torch.randn((n, alpha.numel()), dtype=dtype, device=device)
 
 
@@ -221,7 +219,11 @@ def kl_divergence(model: nn.Module) -> torch.Tensor:
     """Σ KL(q ‖ p) over every variational coefficient (and unit) of `model` (0 when there are none)."""
     layers = [(param, theta) for _, param, theta in layers_stored_by(model, VariationalWeight) if not param.frozen]
     terms = [-neg_kl(param.log_alpha(theta)).sum() for param, theta in layers]
-    terms += [-neg_kl(param.unit_log_alpha_clamped()).sum() for param, _ in layers if param.unit_log_alpha is not None]
+    terms += [
+        -neg_kl(p.unit_log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP)).sum()
+        for p, _ in layers
+        if p.unit_log_alpha is not None
+    ]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -7,10 +7,6 @@ are the parameters). Training samples each layer's pre-activations instead of it
 reparameterization), and the loss adds KL/N (`kl_divergence`) to the mean cross-entropy. Coefficients
 with log α ≥ threshold (3: α ≈ 20, noise swamps the signal) are dropped in evaluation and by `prune`,
 which turns every variational layer into a plain masked `TransformWeight` holding only the kept θ.
-With `units`, each layer also learns a dropout rate α_u per input unit (Gaussian dropout of rate α_u
-on the unit's input, Kingma, Salimans & Welling 2015, under the same log-uniform prior): a unit with
-log α_u ≥ threshold drops its whole column (a Linear's input feature, a conv's input channel), so
-the kept weights crowd into fewer units and the mask's lines code (`masks.LinesCode`) gets cheaper.
 With kernel=identity this is Sparse VD on the weights themselves: the paper's baseline. A run learns
 for `max_epochs - finetune_epochs` epochs, then fixes the kept set and fine-tunes it (`freeze`).
 """
@@ -34,7 +30,6 @@ from cnncomp.compression.method import Method, Stage, layers_stored_by, register
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_CLAMP = 8.0  # the paper's code clips log α to [-8, 8]
 INIT_LOG_SIGMA2 = -10.0  # the paper's initialization: almost deterministic weights
-INIT_UNIT_LOG_ALPHA = -4.0  # units start with little noise (α_u ≈ 0.02)
 
 
 def neg_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -46,9 +41,7 @@ class VariationalWeight(TransformWeight):
     """W = θ' ×_a B_aᵀ over full bases, θ' = θ with the coefficients of log α ≥ threshold zeroed,
     and, when keep < 1, all but the ⌈keep·n⌉ of smallest log α (a budget matched to other methods).
 
-    `log_sigma2` (the shape of θ) is the posterior's log variance; `unit_log_alpha` (one per input
-    unit: θ's axis 1, initialized to the given value; None: no unit dropout) the log dropout rate
-    of each input unit. Unless the input side is
+    `log_sigma2` (the shape of θ) is the posterior's log variance. Unless the input side is
     untransformed (`direct`), `in_basis` and `spatial` map an input to its responses to every
     input-side basis function (`_responses`, for the local reparameterization in
     `_variational_forward`)."""
@@ -62,17 +55,11 @@ class VariationalWeight(TransformWeight):
         log_sigma2: float,
         dtype,
         device,
-        unit_log_alpha: float | None = None,
     ):
         super().__init__(shape, bases, None)
         self.threshold = float(threshold)
         self.budget = math.ceil(keep * math.prod(shape))
         self.log_sigma2 = nn.Parameter(torch.full(shape, float(log_sigma2), dtype=dtype, device=device))
-        self.unit_log_alpha = (
-            None
-            if unit_log_alpha is None
-            else nn.Parameter(torch.full(shape[1:2], float(unit_log_alpha), dtype=dtype, device=device))
-        )
         # after `freeze`: the kept set is fixed and the layer trains deterministically (in checkpoints)
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("fixed", torch.zeros(shape, dtype=torch.bool, device=device))
@@ -110,18 +97,11 @@ class VariationalWeight(TransformWeight):
             torch.zeros(theta.numel(), dtype=torch.bool, device=theta.device).index_fill_(0, order, True).view_as(theta)
         )
 
-    def kept_units(self) -> torch.Tensor | None:
-        """Boolean mask of the input units that survive (None without `units`)."""
-        return None if self.unit_log_alpha is None else self.unit_log_alpha < self.threshold
-
     def kept(self, theta: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the coefficients that survive pruning (the fixed set once frozen)."""
         if self.frozen:
             return self.fixed
         kept = self.log_alpha(theta, clamp=False) < self.threshold
-        units = self.kept_units()
-        if units is not None:
-            kept = kept & units.view(1, -1, *([1] * (theta.ndim - 2)))
         budget = self.in_budget(theta)
         return kept if budget is None else kept & budget
 
@@ -132,7 +112,7 @@ class VariationalWeight(TransformWeight):
         module.forward = types.MethodType(_variational_forward, module)
 
     def no_weight_decay(self) -> tuple[str, ...]:
-        return ("log_sigma2", "unit_log_alpha")  # decay would pull the posterior variances to σ² = 1
+        return ("log_sigma2",)  # decay would pull the posterior variances to σ² = 1
 
 
 def _responses(module: nn.Module, param: VariationalWeight, x: torch.Tensor) -> torch.Tensor:
@@ -158,19 +138,12 @@ def _mix(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return F.linear(t, m) if t.ndim == 2 else F.linear(t.movedim(1, -1), m).movedim(-1, 1)  # a GEMM, not a 1×1 conv
 
 
-def _unit_noise(param: VariationalWeight, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Each example's multiplicative noise z_u ~ N(1, α_u) on each input unit: (n, in)."""
-    alpha = param.unit_log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP).exp().to(dtype)
-    return 1 + alpha.sqrt() * torch.randn((n, alpha.numel()), dtype=dtype, device=device)
-
-
 def _variational_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """forward of a variational Linear/Conv2d. Training: local reparameterization in the transform
     domain. Every output coefficient u_p = Σ_k θ_pk r_k (r: the input's responses to the input-side
     basis functions) is Gaussian with mean Σ θ_pk r_k and variance Σ σ²_pk r_k², independent over p;
     it is sampled, then mapped to outputs by B_out. Coefficients outside the keep budget are left
-    out. With units, r (or the input itself) is first multiplied by each example's unit noise, the
-    moments then conditional on it. Evaluation, and training once frozen: the pruned mean weight."""
+    out. Evaluation, and training once frozen: the pruned mean weight."""
     if not self.training or self.parametrizations.weight[0].frozen:
         return type(self).forward(self, x)
     param = self.parametrizations.weight[0]
@@ -179,16 +152,10 @@ def _variational_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     budget = param.in_budget(theta.detach())
     if budget is not None:
         theta, sigma2 = theta * budget, sigma2 * budget
-    z = None if param.unit_log_alpha is None else _unit_noise(param, x.shape[0], x.dtype, x.device)
     if param.direct:
-        if z is not None:
-            x = x * z.view(*z.shape, *([1] * (x.ndim - 2)))
         mean, var = _layer_op(self, x, theta), _layer_op(self, x * x, sigma2)
     else:
         r = _responses(self, param, x)
-        if z is not None:  # a conv's responses: kh·kw consecutive channels per input unit
-            z = z.repeat_interleave(r.shape[1] // z.shape[1], dim=1)
-            r = r * z.view(*z.shape, *([1] * (r.ndim - 2)))
         mean = _mix(r, theta.flatten(1))
         var = _mix(r * r, sigma2.flatten(1))
     noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)  # row-major draws, any layout
@@ -210,20 +177,13 @@ def freeze(model: nn.Module) -> None:
         if not param.frozen:
             param.fixed.copy_(param.kept(theta))
             param.frozen.fill_(True)
-        for p in (param.log_sigma2, param.unit_log_alpha):  # unused from now on (DDP must not wait for their gradients)
-            if p is not None:
-                p.requires_grad_(False)
+        param.log_sigma2.requires_grad_(False)  # unused from now on (DDP must not wait for its gradient)
 
 
 def kl_divergence(model: nn.Module) -> torch.Tensor:
-    """Σ KL(q ‖ p) over every variational coefficient (and unit) of `model` (0 when there are none)."""
-    layers = [(param, theta) for _, param, theta in layers_stored_by(model, VariationalWeight) if not param.frozen]
-    terms = [-neg_kl(param.log_alpha(theta)).sum() for param, theta in layers]
-    terms += [
-        -neg_kl(p.unit_log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP)).sum()
-        for p, _ in layers
-        if p.unit_log_alpha is not None
-    ]
+    """Σ KL(q ‖ p) over every variational coefficient of `model` (0 when there are none)."""
+    layers = layers_stored_by(model, VariationalWeight)
+    terms = [-neg_kl(param.log_alpha(theta)).sum() for _, param, theta in layers if not param.frozen]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -278,8 +238,6 @@ class SparseVD(Method):
         "kl_warmup_epochs": 5,  # the KL weight rises linearly to 1 over these epochs
         "finetune_epochs": 0,  # the last epochs train the pruned network (kept set fixed, no noise, no KL)
         "log_sigma2_init": INIT_LOG_SIGMA2,
-        "units": False,  # also learn a dropout rate per input unit: whole columns drop (structured)
-        "unit_log_alpha_init": INIT_UNIT_LOG_ALPHA,
     }
     keeps_last_epoch: ClassVar[bool] = True
     learned_kept: ClassVar[bool] = True
@@ -287,12 +245,9 @@ class SparseVD(Method):
     def check(self) -> None:
         _require_number(self.threshold, "threshold (log alpha)")
         _require_number(self.log_sigma2_init, "log_sigma2_init")
-        _require_number(self.unit_log_alpha_init, "unit_log_alpha_init")
         _require_number(self.kl_scale, "kl_scale", above=0)
         for key in ("kl_warmup_epochs", "finetune_epochs"):
             _require_number(getattr(self, key), key, integer=True)
-        if not isinstance(self.units, bool):
-            raise ValueError(f"units must be true or false, got {self.units!r}")
 
     def parametrization(
         self, module: nn.Module, *, kernel: str, keep: float, axes: tuple[int, ...], init: str, wavelet: str
@@ -302,21 +257,9 @@ class SparseVD(Method):
         weight = module.weight.detach()
         axes, bases, notes = transform_bases(module, kernel, axes, wavelet=wavelet)
         param = VariationalWeight(
-            tuple(weight.shape),
-            bases,
-            self.threshold,
-            keep,
-            self.log_sigma2_init,
-            weight.dtype,
-            weight.device,
-            self.unit_log_alpha_init if self.units else None,
+            tuple(weight.shape), bases, self.threshold, keep, self.log_sigma2_init, weight.dtype, weight.device
         )
-        units = f" and input units of log alpha >= {self.threshold:g}" if self.units else ""
-        return (
-            param,
-            axes,
-            notes + [f"sparse VD: drops log alpha >= {self.threshold:g}{units}, keeps at most {param.budget}"],
-        )
+        return param, axes, notes + [f"sparse VD: drops log alpha >= {self.threshold:g}, keeps at most {param.budget}"]
 
     def stages(self, max_epochs: int) -> list[Stage]:
         if self.finetune_epochs >= max_epochs:
@@ -340,11 +283,7 @@ class SparseVD(Method):
         return lambda: weight * kl_divergence(model)
 
     def epoch_metrics(self, model: nn.Module) -> dict:
-        metrics = {"kept_coefficients": sparsity(model)[0]}
-        units = [
-            p.kept_units() for _, p, _ in layers_stored_by(model, VariationalWeight) if p.unit_log_alpha is not None
-        ]
-        return metrics | ({"kept_units": int(sum(u.sum() for u in units))} if units else {})
+        return {"kept_coefficients": sparsity(model)[0]}
 
     def finish(self, model: nn.Module) -> None:
         prune(model)

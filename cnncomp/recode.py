@@ -1,5 +1,5 @@
 """Re-encode a finished run at other codec settings and test each decoded file:
-`python -m cnncomp.recode RUN_DIR [--codec uniform:8,6,4 kmeans:5] [--dense DENSE_RUN_DIR]`.
+`python -m cnncomp.recode RUN_DIR [--codec uniform:8,6,4 kmeans:5] [--layer-bits fc1=4] [--dense DENSE_DIR]`.
 
 The codec quantizes after training, so one trained model (the run's fp32 model.pt) gives the whole
 bytes-vs-accuracy curve without training again: each setting is written to a file, read back and
@@ -25,19 +25,39 @@ from cnncomp.training.model import MODEL_FILE, file_meta, load
 DEFAULT_CODECS = ["none", "uniform:8,6,5,4", "kmeans:5,4"]
 
 
-def parse_codecs(items: Sequence[str], other: str = "float16") -> list[codec.CodecSpec]:
-    """`uniform:8,6` -> two uniform specs keeping the other tensors as `other`; `none` -> the
-    lossless one (fp32 values and others)."""
-    specs = []
+def parse_codecs(
+    items: Sequence[str], other: str = "float16", layer_bits: dict[str, int] | None = None
+) -> list[codec.CodecSpec]:
+    """`uniform:8,6` -> two uniform specs keeping the other tensors as `other` and the layers in
+    `layer_bits` at their own bits; `none` -> the lossless one (fp32 values and others)."""
+    specs, layer_bits = [], layer_bits or {}
     for item in items:
         name, _, bits = item.partition(":")
         if name == "none":
             specs.append(codec.CodecSpec("none", other="float32"))
         else:
-            specs += [codec.CodecSpec(name, int(b), other) for b in bits.split(",") if b] or [
-                codec.CodecSpec(name, other=other)
+            specs += [codec.CodecSpec(name, int(b), other, layer_bits) for b in bits.split(",") if b] or [
+                codec.CodecSpec(name, other=other, layer_bits=layer_bits)
             ]
     return specs
+
+
+def parse_layer_bits(items: Sequence[str]) -> dict[str, int]:
+    """["classifier.0=4", …] -> {"classifier.0": 4, …}."""
+    pairs = {}
+    for item in items:
+        layer, sep, bits = item.rpartition("=")
+        if not sep or not layer or not bits.isdigit():
+            raise ValueError(f"--layer-bits takes LAYER=BITS (e.g. classifier.0=4), got {item!r}")
+        pairs[layer] = int(bits)
+    return pairs
+
+
+def codec_label(spec: codec.CodecSpec) -> str:
+    if spec.quantizer == "none":
+        return "none"
+    own = "".join(f", {layer} {bits}" for layer, bits in spec.layer_bits)
+    return f"{spec.quantizer} {spec.bits}{own}"
 
 
 def recode(run_dir: Path, specs: Sequence[codec.CodecSpec]) -> list[dict]:
@@ -58,7 +78,7 @@ def recode(run_dir: Path, specs: Sequence[codec.CodecSpec]) -> list[dict]:
         test = engine.evaluate(model, data.test, device=torch.device("cpu"))
         rows.append(
             {
-                "codec": spec.quantizer if spec.quantizer == "none" else f"{spec.quantizer} {spec.bits}",
+                "codec": codec_label(spec),
                 "file_bytes": stats.total_bytes,
                 "file_ratio": 4 * record["dense_params"] / stats.total_bytes,
                 "bits_per_value": stats.bits_per_value,
@@ -91,10 +111,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=codec.OTHERS,
         help="how biases and other float tensors are kept (default: as the run kept them)",
     )
+    p.add_argument(
+        "--layer-bits",
+        nargs="*",
+        metavar="LAYER=BITS",
+        help="layers at their own bits, e.g. classifier.0=4; none given: every layer at the codec's bits "
+        "(default: as the run set them)",
+    )
     args = p.parse_args(argv)
     try:
-        other = args.other or json.loads((args.run_dir / "result.json").read_text())["config"]["codec"]["other"]
-        specs = parse_codecs(args.codec, other)
+        run_codec = json.loads((args.run_dir / "result.json").read_text())["config"]["codec"]
+        other = args.other or run_codec["other"]
+        layer_bits = run_codec.get("layer_bits") or {} if args.layer_bits is None else parse_layer_bits(args.layer_bits)
+        specs = parse_codecs(args.codec, other, layer_bits)
         dense_acc = json.loads((args.dense / "result.json").read_text())["test_acc"] if args.dense else None
         rows = recode(args.run_dir, specs)
     except (FileNotFoundError, ValueError, DataNotFoundError) as err:  # CodecError is a ValueError

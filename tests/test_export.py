@@ -58,7 +58,7 @@ def test_a_missing_file_or_format_is_a_clear_error(tmp_path, capsys, root):
 
 def test_recode_measures_each_codec_as_the_run_measures_its_own_file(run_dir, capsys):
     from cnncomp.recode import main as recode_main
-    from cnncomp.recode import parse_codecs, recode
+    from cnncomp.recode import parse_codecs, parse_layer_bits, recode
 
     record = json.loads((run_dir / "result.json").read_text())
     lossless, six_bits, three_bits = recode(run_dir, parse_codecs(["none", "uniform:6,3"]))
@@ -72,3 +72,8 @@ def test_recode_measures_each_codec_as_the_run_measures_its_own_file(run_dir, ca
     assert f"| uniform 6 | {record['file_bytes']:,} |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="'gzip'"):
         parse_codecs(["gzip:4"])
+    # one layer at its own bits (`--layer-bits classifier.0=3`): a smaller file, named in the row
+    (mixed,) = recode(run_dir, parse_codecs(["uniform:6"], "float16", parse_layer_bits(["classifier.0=3"])))
+    assert mixed["codec"] == "uniform 6, classifier.0 3" and mixed["file_bytes"] < six_bits["file_bytes"]
+    with pytest.raises(ValueError, match="LAYER=BITS .* got 'classifier.0'"):
+        parse_layer_bits(["classifier.0"])

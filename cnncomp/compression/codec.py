@@ -41,6 +41,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -93,23 +94,57 @@ class CodecSpec:
     algorithm from a linear initialization over [min, max], Han et al. 2016), or "none" (float32).
     bits: 1..16. other: how biases, norm statistics and other float tensors are kept: "float16",
     "float32", or "coded" (quantized uniformly per tensor at `bits`, entropy-coded, `coded_others`).
+    layer_bits: a layer's own bits (module name -> 1..16, e.g. {"classifier.0": 4}) for every tensor
+    it holds, in place of `bits` (mixed precision: Deep Compression coded conv layers at 8 bits and
+    fully connected ones at 5); given as a mapping (None: none), kept as sorted (name, bits) pairs.
     """
 
     quantizer: str = "uniform"
     bits: int = 8
     other: str = "float16"
+    layer_bits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {self.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
-            raise ValueError(f"bits must be an integer in 1..16, got {self.bits!r}")
+        _check_bits(self.bits, "bits")
         if self.other not in OTHERS:
             raise ValueError(f"unknown other {self.other!r}; allowed: {', '.join(OTHERS)}")
+        pairs = self.layer_bits.items() if isinstance(self.layer_bits, Mapping) else self.layer_bits or ()
+        object.__setattr__(self, "layer_bits", tuple(sorted((str(k), v) for k, v in pairs)))
+        for layer, bits in self.layer_bits:
+            _check_bits(bits, f"layer_bits[{layer!r}]")
+        if self.layer_bits and self.quantizer == "none":
+            raise ValueError("layer_bits needs quantizer uniform or kmeans: quantizer 'none' keeps float32 values")
+
+    def bits_of(self, name: str) -> int:
+        """The bits of state_dict tensor `name`: its innermost layer's in `layer_bits`, else `bits`."""
+        layers = [(len(layer), bits) for layer, bits in self.layer_bits if name.startswith(layer + ".")]
+        return max(layers)[1] if layers else self.bits
+
+    def check_layers(self, value_names: list[str]) -> None:
+        """Refuse a `layer_bits` layer that holds none of the stored values named."""
+        for layer, _ in self.layer_bits:
+            if not any(n.startswith(layer + ".") for n in value_names):
+                layers = sorted({n.partition(".parametrizations.")[0].removesuffix(".weight") for n in value_names})
+                raise ValueError(
+                    f"codec.layer_bits names {layer!r}, which stores no values; the layers that do: {', '.join(layers)}"
+                )
+
+    def header(self) -> dict:
+        """The spec as the file's header holds it (`layer_bits` only when set: older headers stay as they were)."""
+        fields = asdict(self)
+        layer_bits = dict(fields.pop("layer_bits"))
+        return fields | ({"layer_bits": layer_bits} if layer_bits else {})
 
     def coded_others(self) -> CodecSpec:
         """The spec the other float tensors are quantized and coded with under other="coded"."""
         return replace(self, quantizer="uniform")
+
+
+def _check_bits(bits, name: str) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"{name} must be an integer in 1..16, got {bits!r}")
 
 
 @dataclass
@@ -167,11 +202,11 @@ def _plan_values(t: torch.Tensor, spec: CodecSpec, record: dict) -> _Plan:
         keeps = "quantizer 'none'" if record["kind"] == "values" else "other float16 or float32"
         raise ValueError(f"{record['name']}: values must be finite to quantize ({keeps} keeps any)")
     if spec.quantizer == "uniform":
-        symbols, params = uniform_symbols(v, spec.bits)
+        symbols, params = uniform_symbols(v, spec.bits_of(record["name"]))
         record.update(quantizer="uniform", **params)
         deq, codebook_bytes = dequantize_uniform(symbols, params["step"]), b""
     else:
-        symbols, codebook = kmeans_symbols(v, spec.bits)
+        symbols, codebook = kmeans_symbols(v, spec.bits_of(record["name"]))
         record.update(quantizer="kmeans", codebook=int(codebook.size))
         deq, codebook_bytes = codebook[symbols], codebook.astype("<f4").tobytes()
     stream = entropy.Stream.of(symbols)
@@ -246,6 +281,7 @@ def _plans(state_dict: dict[str, torch.Tensor], spec: CodecSpec) -> list[_Plan]:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: the codec stores tensors only, got {type(t).__name__}")
     prior_of, kind_of = kinds.priors(state_dict), kinds.tensor_kinds(state_dict)
+    spec.check_layers(kinds.value_names(state_dict))
     return [
         _plan(n, t, spec, kind_of[n], (prior_of[n], state_dict[prior_of[n]]) if n in prior_of else None)
         for n, t in state_dict.items()
@@ -282,7 +318,7 @@ def encode(
 
 
 def _header_json(meta: dict | None, spec: CodecSpec, records: list[dict], ans_words: int) -> bytes:
-    header = {"meta": meta or {}, "spec": asdict(spec), "records": records, "ans_words": ans_words}
+    header = {"meta": meta or {}, "spec": spec.header(), "records": records, "ans_words": ans_words}
     try:
         return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as err:

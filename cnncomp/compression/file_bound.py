@@ -15,7 +15,7 @@ codec's own rules (`kinds.tensor_kind`, `codec.store_of`, `codec.header_bound`, 
   the layer's keep budget allows;
 - other tensors: their bytes at `codec.other` (float16/float32; "exact" ones at float32, though a
   tensor of float16 numbers takes half; counters as varints at 10 bytes), or under other="coded" as
-  quantized values at `codec.bits`, uniform;
+  quantized values at `codec.bits` (or the layer's `layer_bits`), uniform;
 - the header: `codec.header_bound`.
 
 Entropy coding usually takes far less than this (the values of a trained layer are peaked).
@@ -113,7 +113,7 @@ def _value_bits(slot: Slot, spec: codec.CodecSpec) -> tuple[float, float]:
     n = slot.numel
     if spec.quantizer == "none":
         return 8 * n * raw.dtype_of(codec.store_of("values", slot.dtype, spec)).itemsize, 0.0
-    levels = 2**spec.bits + (spec.quantizer == "uniform")  # uniform: a grid through 0
+    levels = 2 ** spec.bits_of(slot.name) + (spec.quantizer == "uniform")  # uniform: a grid through 0
     table = entropy.table_bytes_bound(n, levels, levels, 1 if spec.quantizer == "kmeans" else entropy.VARINT_MAX)
     codebook = 4 * min(levels, n) if spec.quantizer == "kmeans" else 0
     return entropy.stream_bits_bound(n, levels), 8.0 * (table + codebook)
@@ -135,8 +135,10 @@ def file_bound(tensors: list[Slot], spec: codec.CodecSpec, meta: dict | None = N
     """The most bytes `codec.encode` of a state_dict of these tensors with `meta` and `spec` can take."""
     value = index = other = tables = 0.0
     stored = 0
+    kind_of = {s.name: kinds.tensor_kind(s.name, torch.zeros((1,) * len(s.shape), dtype=s.dtype)) for s in tensors}
+    spec.check_layers([name for name, kind in kind_of.items() if kind == "values"])
     for slot in tensors:
-        kind = kinds.tensor_kind(slot.name, torch.zeros((1,) * len(slot.shape), dtype=slot.dtype))
+        kind = kind_of[slot.name]
         if kind == "values":
             bits, table = _value_bits(slot, spec)
             value, tables, stored = value + bits, tables + table, stored + slot.numel

@@ -36,3 +36,8 @@ def tensor_kinds(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
     """`tensor_kind` of every tensor, and "symbols" for the originals coded under their own prior."""
     coded = priors(state_dict)
     return {n: "symbols" if n in coded else tensor_kind(n, t) for n, t in state_dict.items()}
+
+
+def value_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors the codec quantizes ("values"), in state_dict order."""
+    return [n for n, kind in tensor_kinds(state_dict).items() if kind == "values"]

@@ -83,14 +83,12 @@ class KMeansFakeQuant(nn.Module):
         return torch.from_numpy(codebook).to(device=x.device, dtype=x.dtype)
 
 
-def values_tensors(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(owner, attribute) of every tensor of `model`'s state_dict that the codec quantizes."""
-    found, state = [], model.state_dict(keep_vars=True)
-    kind_of = kinds.tensor_kinds(state)  # an original coded under its own prior (EPR) is not quantized
-    for name in state:
-        if kind_of[name] == "values":
-            prefix, _, attr = name.rpartition(".")
-            found.append((model.get_submodule(prefix), attr))
+def values_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(state_dict name, owner, attribute) of every tensor of `model` that the codec quantizes."""
+    found = []
+    for name in kinds.value_names(model.state_dict(keep_vars=True)):  # not an original coded under its own prior (EPR)
+        prefix, _, attr = name.rpartition(".")
+        found.append((name, model.get_submodule(prefix), attr))
     return found
 
 
@@ -99,12 +97,13 @@ def install(model: nn.Module, spec: codec.CodecSpec) -> int:
     if spec.quantizer not in ("uniform", "kmeans"):
         raise ValueError(f"quantization-aware training needs quantizer uniform or kmeans, got {spec.quantizer!r}")
     targets = values_tensors(model)
-    for owner, attr in targets:
-        tensor = getattr(owner, attr)
+    spec.check_layers([name for name, _, _ in targets])
+    for name, owner, attr in targets:
+        tensor, bits = getattr(owner, attr), spec.bits_of(name)
         if spec.quantizer == "uniform":
-            fake = UniformFakeQuant(spec.bits)
+            fake = UniformFakeQuant(bits)
         else:
-            fake = KMeansFakeQuant(tensor.shape, spec.bits, tensor.device)
+            fake = KMeansFakeQuant(tensor.shape, bits, tensor.device)
         parametrize.register_parametrization(owner, attr, fake, unsafe=True)
     return len(targets)
 

@@ -26,12 +26,14 @@ from cnncomp.compression import (
     fold,
     format_summary,
     index_bits,
+    kinds,
     match_dense_gain,
     qat,
     refresh_summary,
     stored_params,
 )
 from cnncomp.data import DataSpec, build_data
+from cnncomp.errors import ConfigError
 from cnncomp.measure import count_macs, state_dict_bytes
 from cnncomp.training import checkpoint, distributed, engine
 from cnncomp.training.distill import build_distillation
@@ -102,6 +104,10 @@ class Run:
             self.config, self.method, num_classes=info.num_classes, in_channels=info.in_channels,
             image_size=info.image_size,
         )  # fmt: skip
+        try:  # before training, not when the file is written at its end
+            codec_spec(self.config).check_layers(kinds.value_names(self.model.state_dict()))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self.model.to(self.device)
         self.channels_last = bool(self.t.get("channels_last", False))
         if self.channels_last:

@@ -110,7 +110,10 @@ class CodecSpec:
         _check_bits(self.bits, "bits")
         if self.other not in OTHERS:
             raise ValueError(f"unknown other {self.other!r}; allowed: {', '.join(OTHERS)}")
-        pairs = self.layer_bits.items() if isinstance(self.layer_bits, Mapping) else self.layer_bits or ()
+        layer_bits = self.layer_bits or {}
+        if not isinstance(layer_bits, (Mapping, tuple)):
+            raise ValueError(f"layer_bits must map layer names to bits, e.g. {{'fc1': 4}}, got {layer_bits!r}")
+        pairs = layer_bits.items() if isinstance(layer_bits, Mapping) else layer_bits
         object.__setattr__(self, "layer_bits", tuple(sorted((str(k), v) for k, v in pairs)))
         for layer, bits in self.layer_bits:
             _check_bits(bits, f"layer_bits[{layer!r}]")

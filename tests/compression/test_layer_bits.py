@@ -58,6 +58,7 @@ def test_the_header_names_layer_bits_only_when_set():
         ({"layer_bits": {"features.0": 0}}, r"layer_bits\['features.0'\] must be an integer in 1..16, got 0"),
         ({"layer_bits": {"features.0": 4.5}}, "got 4.5"),
         ({"quantizer": "none", "layer_bits": {"features.0": 4}}, "quantizer uniform or kmeans"),
+        ({"layer_bits": "features.0:4"}, "must map layer names to bits, e.g. {'fc1': 4}, got 'features.0:4'"),
     ],
 )
 def test_bad_layer_bits_name_the_value(kwargs, bad):

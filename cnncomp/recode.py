@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cnncomp.compression import codec
+from cnncomp.compression.spec import OTHERS
 from cnncomp.data import DataNotFoundError, DataSpec, build_data
 from cnncomp.training import engine
 from cnncomp.training.model import MODEL_FILE, file_meta, load
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dense", type=Path, help="a dense run's job dir: Δ against its test accuracy")
     p.add_argument(
         "--other",
-        choices=codec.OTHERS,
+        choices=OTHERS,
         help="how biases and other float tensors are kept (default: as the run kept them)",
     )
     p.add_argument(

@@ -28,8 +28,8 @@ File layout (little-endian):
 From version 3 the header is deflated against a preset dictionary (`compression.header`); from
 version 4 a mask may be coded by its lines.
 
-The header holds the caller's `meta`, the spec, and one record per tensor in state_dict order
-(name, shape, dtype unless float32, kind, coding parameters and how many side bytes it takes unless
+The header holds the caller's `meta`, the spec (`compression.spec.CodecSpec`), and one record per
+tensor in state_dict order (name, shape, dtype unless float32, kind, coding parameters and how many side bytes it takes unless
 none; version 1 spelled out both); the side bytes hold the count tables, k-means codebooks, raw
 tensors and mask escapes, record after record; the ANS words hold every entropy-coded stream,
 decoded record after record. The crc32 covers everything before it.
@@ -41,7 +41,6 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from cnncomp.compression import entropy, kinds, masks, raw
 from cnncomp.compression.entropy import empirical_entropy_bits
 from cnncomp.compression.header import deflate_header, inflate_header
 from cnncomp.compression.quantizers import dequantize_uniform, kmeans_symbols, uniform_symbols
+from cnncomp.compression.spec import CodecSpec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -74,8 +74,6 @@ __all__ = [
 
 MAGIC = b"CNNC"
 FORMAT_VERSION = 4
-QUANTIZERS = ("uniform", "kmeans", "none")
-OTHERS = ("float16", "float32", "coded")
 DEFAULT_DTYPE = torch.float32  # a record names its tensor's dtype only when it is another
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
@@ -83,71 +81,6 @@ _CRC = struct.Struct("<I")
 
 class CodecError(ValueError):
     """A file the codec cannot read back exactly: bad magic, unknown version, failed checksum, bad records."""
-
-
-@dataclass(frozen=True)
-class CodecSpec:
-    """How stored values are quantized and how the other float tensors are kept.
-
-    quantizer: "uniform" (symbols round(v/step), step = value range / (2**bits - 1): a grid through
-    0, so at most 2**bits + 1 levels), "kmeans" (a codebook of 2**bits centroids fitted by Lloyd's
-    algorithm from a linear initialization over [min, max], Han et al. 2016), or "none" (float32).
-    bits: 1..16. other: how biases, norm statistics and other float tensors are kept: "float16",
-    "float32", or "coded" (quantized uniformly per tensor at `bits`, entropy-coded, `coded_others`).
-    layer_bits: a layer's own bits (module name -> 1..16, e.g. {"classifier.0": 4}) for every tensor
-    it holds, in place of `bits` (mixed precision: Deep Compression coded conv layers at 8 bits and
-    fully connected ones at 5); given as a mapping (None: none), kept as sorted (name, bits) pairs.
-    """
-
-    quantizer: str = "uniform"
-    bits: int = 8
-    other: str = "float16"
-    layer_bits: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self):
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"unknown quantizer {self.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
-        _check_bits(self.bits, "bits")
-        if self.other not in OTHERS:
-            raise ValueError(f"unknown other {self.other!r}; allowed: {', '.join(OTHERS)}")
-        layer_bits = self.layer_bits or {}
-        if not isinstance(layer_bits, (Mapping, tuple)):
-            raise ValueError(f"layer_bits must map layer names to bits, e.g. {{'fc1': 4}}, got {layer_bits!r}")
-        pairs = layer_bits.items() if isinstance(layer_bits, Mapping) else layer_bits
-        object.__setattr__(self, "layer_bits", tuple(sorted((str(k), v) for k, v in pairs)))
-        for layer, bits in self.layer_bits:
-            _check_bits(bits, f"layer_bits[{layer!r}]")
-        if self.layer_bits and self.quantizer == "none":
-            raise ValueError("layer_bits needs quantizer uniform or kmeans: quantizer 'none' keeps float32 values")
-
-    def bits_of(self, name: str) -> int:
-        """The bits of state_dict tensor `name`: its innermost layer's in `layer_bits`, else `bits`."""
-        layers = [(len(layer), bits) for layer, bits in self.layer_bits if name.startswith(layer + ".")]
-        return max(layers)[1] if layers else self.bits
-
-    def check_layers(self, value_names: list[str]) -> None:
-        """Refuse a `layer_bits` layer that holds none of the stored values named."""
-        for layer, _ in self.layer_bits:
-            if not any(n.startswith(layer + ".") for n in value_names):
-                layers = sorted({n.partition(".parametrizations.")[0].removesuffix(".weight") for n in value_names})
-                raise ValueError(
-                    f"codec.layer_bits names {layer!r}, which stores no values; the layers that do: {', '.join(layers)}"
-                )
-
-    def header(self) -> dict:
-        """The spec as the file's header holds it (`layer_bits` only when set: older headers stay as they were)."""
-        fields = asdict(self)
-        layer_bits = dict(fields.pop("layer_bits"))
-        return fields | ({"layer_bits": layer_bits} if layer_bits else {})
-
-    def coded_others(self) -> CodecSpec:
-        """The spec the other float tensors are quantized and coded with under other="coded"."""
-        return replace(self, quantizer="uniform")
-
-
-def _check_bits(bits, name: str) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-        raise ValueError(f"{name} must be an integer in 1..16, got {bits!r}")
 
 
 @dataclass

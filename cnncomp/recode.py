@@ -31,7 +31,7 @@ def parse_codecs(
 ) -> list[codec.CodecSpec]:
     """`uniform:8,6` -> two uniform specs keeping the other tensors as `other` and the layers in
     `layer_bits` at their own bits; `none` -> the lossless one (fp32 values and others)."""
-    specs, layer_bits = [], layer_bits or {}
+    specs = []
     for item in items:
         name, _, bits = item.partition(":")
         if name == "none":
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_codec = json.loads((args.run_dir / "result.json").read_text())["config"]["codec"]
         other = args.other or run_codec["other"]
-        layer_bits = run_codec.get("layer_bits") or {} if args.layer_bits is None else parse_layer_bits(args.layer_bits)
+        layer_bits = run_codec.get("layer_bits") if args.layer_bits is None else parse_layer_bits(args.layer_bits)
         specs = parse_codecs(args.codec, other, layer_bits)
         dense_acc = json.loads((args.dense / "result.json").read_text())["test_acc"] if args.dense else None
         rows = recode(args.run_dir, specs)

@@ -29,10 +29,10 @@ From version 3 the header is deflated against a preset dictionary (`compression.
 version 4 a mask may be coded by its lines.
 
 The header holds the caller's `meta`, the spec (`compression.spec.CodecSpec`), and one record per
-tensor in state_dict order (name, shape, dtype unless float32, kind, coding parameters and how many side bytes it takes unless
-none; version 1 spelled out both); the side bytes hold the count tables, k-means codebooks, raw
-tensors and mask escapes, record after record; the ANS words hold every entropy-coded stream,
-decoded record after record. The crc32 covers everything before it.
+tensor in state_dict order (name, shape, dtype unless float32, kind, coding parameters and how many
+side bytes it takes unless none; version 1 spelled out both); the side bytes hold the count tables,
+k-means codebooks, raw tensors and mask escapes, record after record; the ANS words hold every
+entropy-coded stream, decoded record after record. The crc32 covers everything before it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ at float32.
 A parametrization can supply its own symbols and probability model instead (EPR's integer latents):
 when it holds a tensor named `prior_log_scale` (broadcastable to its `original`), that `original`
 must be integer-valued and is coded as those integers under the discretized Laplace prior with
-scale exp(prior_log_scale) (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
+scale exp(prior_log_scale), beside a point mass at 0 of weight σ(prior_zero_logit) when it holds
+that too (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
 tensors are "exact" ones, so the file decodes to the exact model.
 
 File layout (little-endian):
@@ -26,7 +27,8 @@ File layout (little-endian):
     | ANS words: uint32… | crc32: uint32
 
 From version 3 the header is deflated against a preset dictionary (`compression.header`); from
-version 4 a mask may be coded by its lines.
+version 4 a mask may be coded by its lines; from version 5 a prior may hold a point mass at 0 (a
+symbols record names its `zero` logits).
 
 The header holds the caller's `meta`, the spec (`compression.spec.CodecSpec`), and one record per
 tensor in state_dict order (name, shape, dtype unless float32, kind, coding parameters and how many
@@ -73,7 +75,7 @@ __all__ = [
 ]
 
 MAGIC = b"CNNC"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 DEFAULT_DTYPE = torch.float32  # a record names its tensor's dtype only when it is another
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
@@ -187,24 +189,26 @@ def _plan_raw(t: torch.Tensor, kind: str, spec: CodecSpec, record: dict) -> _Pla
     return _Plan(record, data, None, decoded, "other", 8 * len(data))
 
 
-def _plan_symbols(t: torch.Tensor, log_scale: torch.Tensor, prior: str, record: dict) -> _Plan:
+def _plan_symbols(t: torch.Tensor, state_dict: dict[str, torch.Tensor], prior: str, record: dict) -> _Plan:
     v = t.detach().cpu().to(torch.float64).numpy().ravel()
     if not np.isfinite(v).all() or not np.array_equal(v, np.rint(v)) or (v.size and np.abs(v).max() >= 2**31):
         raise ValueError(
             f"{record['name']}: values coded under a prior must be int32 integers (finish the method first)"
         )
-    scales = entropy.prior_scales(log_scale.detach().cpu().numpy(), t.shape)
-    stream = entropy.PriorStream(v.astype(np.int64), scales)
+    scales = entropy.prior_scales(state_dict[prior].detach().cpu().numpy(), t.shape)
+    zero = kinds.prior_zero(state_dict, prior)
+    zero_probs = None if zero is None else entropy.prior_zero_probs(state_dict[zero].detach().cpu().numpy(), t.shape)
+    stream = entropy.PriorStream(v.astype(np.int64), scales, zero_probs)
     lo, hi = stream.bounds()
-    record.update(prior=prior, lo=lo, hi=hi)
+    record.update(prior=prior, **({} if zero is None else {"zero": zero}), lo=lo, hi=hi)
     return _Plan(record, b"", stream, t.detach().cpu().clone(), "value")
 
 
-def _plan(name: str, t: torch.Tensor, spec: CodecSpec, kind: str, prior: tuple[str, torch.Tensor] | None) -> _Plan:
+def _plan(name: str, t: torch.Tensor, spec: CodecSpec, kind: str, state_dict: dict[str, torch.Tensor]) -> _Plan:
     dtype = {} if t.dtype == DEFAULT_DTYPE else {"dtype": str(t.dtype)}
     record = {"name": name, "shape": list(t.shape), **dtype, "kind": kind}
     if kind == "symbols":
-        return _plan_symbols(t.detach().cpu(), prior[1], prior[0], record)
+        return _plan_symbols(t.detach().cpu(), state_dict, kinds.priors(state_dict)[name], record)
     if kind == "values":
         return _plan_values(t.detach().cpu(), spec, record)
     if kind == "mask":
@@ -216,12 +220,9 @@ def _plans(state_dict: dict[str, torch.Tensor], spec: CodecSpec) -> list[_Plan]:
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: the codec stores tensors only, got {type(t).__name__}")
-    prior_of, kind_of = kinds.priors(state_dict), kinds.tensor_kinds(state_dict)
+    kind_of = kinds.tensor_kinds(state_dict)
     spec.check_layers(kinds.value_names(state_dict))
-    return [
-        _plan(n, t, spec, kind_of[n], (prior_of[n], state_dict[prior_of[n]]) if n in prior_of else None)
-        for n, t in state_dict.items()
-    ]
+    return [_plan(n, t, spec, kind_of[n], state_dict) for n, t in state_dict.items()]
 
 
 def quantize(state_dict: dict[str, torch.Tensor], spec: CodecSpec | None = None) -> dict[str, torch.Tensor]:
@@ -371,7 +372,9 @@ def _decode_record(record: dict, reader: entropy.Reader, coder, decoded: dict) -
     n = math.prod(shape)
     if kind == "symbols":
         scales = entropy.prior_scales(decoded[record["prior"]].numpy(), shape)
-        symbols = entropy.decode_prior(coder, scales, record["lo"], record["hi"])
+        zero = record.get("zero")
+        zero_probs = None if zero is None else entropy.prior_zero_probs(decoded[zero].numpy(), shape)
+        symbols = entropy.decode_prior(coder, scales, record["lo"], record["hi"], zero_probs)
         tensor = torch.from_numpy(symbols.astype(np.float64)).to(dtype)
     elif kind == "values" or "quantizer" in record:  # and raw floats coded as values (other="coded")
         tensor = _decode_values(record, reader, coder, n, dtype)

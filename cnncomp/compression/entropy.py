@@ -277,9 +277,35 @@ def prior_scales(log_scale: np.ndarray, shape: tuple[int, ...] | list[int]) -> n
     return np.ascontiguousarray(np.broadcast_to(scale, tuple(shape)).ravel())
 
 
+def prior_zero_probs(zero_logit: np.ndarray, shape: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Per-symbol weights π = σ(zero_logit) of a spike-and-slab prior's point mass at 0 (float64),
+    broadcast and flattened as `prior_scales`."""
+    logit = np.asarray(zero_logit, dtype=np.float32).astype(np.float64)
+    return np.ascontiguousarray(np.broadcast_to(1.0 / (1.0 + np.exp(-logit)), tuple(shape)).ravel())
+
+
+def spike_laplace_pmf(lo: int, hi: int, scale: float, zero_prob: float) -> np.ndarray:
+    """p(k) for k = lo..hi of π·[k = 0] + (1 − π)·(F(k + ½) − F(k − ½)), F the CDF of Laplace(0, scale)."""
+    k = np.abs(np.arange(lo, hi + 1, dtype=np.float64))
+    slab = np.where(k == 0, -np.expm1(-0.5 / scale), 0.5 * np.exp(-(np.maximum(k, 0.5) - 0.5) / scale))
+    slab[k > 0] *= -np.expm1(-1.0 / scale)
+    return (1.0 - zero_prob) * slab + zero_prob * (k == 0)
+
+
 def _laplace(lo: int, hi: int):
     # bins [k - ½, k + ½) of Laplace(0, scale) on lo..hi (leaky: every symbol in range is codable)
     return constriction.stream.model.QuantizedLaplace(lo, hi)
+
+
+def _spike_groups(scales: np.ndarray, zero_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (scale, π) pairs and each symbol's pair: one categorical model a decoder group."""
+    pairs, group = np.unique(np.stack([scales, zero_probs], axis=1), axis=0, return_inverse=True)
+    return pairs, group.ravel()
+
+
+def _spike_model(lo: int, hi: int, pair: np.ndarray):
+    # leaky (perfect=False): every symbol in lo..hi keeps a nonzero probability
+    return constriction.stream.model.Categorical(spike_laplace_pmf(lo, hi, *pair), perfect=False)
 
 
 @dataclass
@@ -287,10 +313,13 @@ class PriorStream:
     """Integer symbols coded under a discretized Laplace prior p(k) = F(k + ½) − F(k − ½), F the CDF
     of Laplace(0, scale_i), one scale per symbol (constriction's QuantizedLaplace over the symbols'
     range lo..hi, which the header holds): a learned prior whose parameters are stored, not counts
-    (EPR, Oktay et al., ICLR 2020)."""
+    (EPR, Oktay et al., ICLR 2020). With `zero_probs` the prior is the spike-and-slab
+    π·[k = 0] + (1 − π)·p(k) (`spike_laplace_pmf`), coded as one categorical model per distinct
+    (scale, π), group after group."""
 
     symbols: np.ndarray  # int64
     scales: np.ndarray  # float64, one per symbol
+    zero_probs: np.ndarray | None = None  # float64, one per symbol: the spike's weight π
 
     def bounds(self) -> tuple[int, int]:
         return (int(self.symbols.min()), int(self.symbols.max())) if self.symbols.size else (0, 0)
@@ -301,13 +330,25 @@ class PriorStream:
         if lo == hi:
             return 0
         before = coder.num_valid_bits()
-        means = np.zeros_like(self.scales)
-        coder.encode_reverse(self.symbols.astype(np.int32), _laplace(lo, hi), means, self.scales)
+        if self.zero_probs is None:
+            means = np.zeros_like(self.scales)
+            coder.encode_reverse(self.symbols.astype(np.int32), _laplace(lo, hi), means, self.scales)
+        else:
+            pairs, group = _spike_groups(self.scales, self.zero_probs)
+            for g in reversed(range(len(pairs))):  # a stack: the first group is decoded first
+                coder.encode_reverse((self.symbols[group == g] - lo).astype(np.int32), _spike_model(lo, hi, pairs[g]))
         return coder.num_valid_bits() - before
 
 
-def decode_prior(coder, scales: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """The symbols of a `PriorStream` with these per-symbol `scales` and range lo..hi (int64)."""
+def decode_prior(coder, scales: np.ndarray, lo: int, hi: int, zero_probs: np.ndarray | None = None) -> np.ndarray:
+    """The symbols of a `PriorStream` with these per-symbol `scales` (and `zero_probs`) and range lo..hi (int64)."""
     if scales.size == 0 or lo == hi:
         return np.full(scales.size, lo, dtype=np.int64)
-    return coder.decode(_laplace(lo, hi), np.zeros_like(scales), scales).astype(np.int64)
+    if zero_probs is None:
+        return coder.decode(_laplace(lo, hi), np.zeros_like(scales), scales).astype(np.int64)
+    pairs, group = _spike_groups(scales, zero_probs)
+    symbols = np.empty(scales.size, dtype=np.int64)
+    for g, pair in enumerate(pairs):
+        where = group == g
+        symbols[where] = coder.decode(_spike_model(lo, hi, pair), int(where.sum())).astype(np.int64) + lo
+    return symbols

@@ -6,10 +6,13 @@ weight's shape in the kernel's basis; a per-layer affine decoder gives the coeff
 C = a ⊙ (Z + β) (the step a = exp(decoder_log_step) and the shift b = a·β shared per (kh, kw)
 frequency position of a Conv2d, one pair for a Linear) and
 W = C ×_a B_aᵀ (`TransformWeight`). A learned prior per decoder group, the discretized Laplace
-p(k) = F(k + ½) − F(k − ½) of scale s = exp(prior_log_scale) over the integers, says what Z costs;
+p(k) = F(k + ½) − F(k − ½) of scale s = exp(prior_log_scale) over the integers (`method.prior=laplace`),
+or that Laplace beside a point mass at 0 (`spike_laplace`: EPR's own prior is a flexible density,
+Ballé et al. 2018's, which a spike-and-slab approximates in one more float), says what Z costs;
 training adds λ·ln 2·bits / N to the mean cross-entropy (the two-part code length per example:
 λ = 1 is the MDL/ELBO weighting). The file codes Z under that same prior (`codec`: a parametrization
-holding `prior_log_scale` supplies its own symbols), so the rate trained is the rate stored.
+holding `prior_log_scale`, and `prior_zero_logit` for the spike, supplies its own symbols), so the
+rate trained is the rate stored.
 """
 
 from __future__ import annotations
@@ -19,24 +22,41 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
 from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
 
 MIN_LOG_SCALE = math.log(1e-3)  # a prior narrower than this codes every latent as 0 at ~0 bits anyway
+PRIORS = ("laplace", "spike_laplace")
 MIN_PROB = 2.0**-24  # the coder's leaky floor (24-bit probabilities): no symbol costs more than 24 bits
 
 
-def laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log2 of F(x + ½) − F(x − ½), F the CDF of Laplace(0, s = exp(log_scale)) (broadcast), in a form
+def _laplace_log_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """ln of F(x + ½) − F(x − ½), F the CDF of Laplace(0, s = exp(log_scale)) (broadcast), in a form
     that does not cancel: |x| ≥ ½: ½·e^{−(|x|−½)/s}·(1 − e^{−1/s}); |x| < ½: 1 − ½(e^{−(½+x)/s} + e^{−(½−x)/s})."""
     s = log_scale.clamp_min(MIN_LOG_SCALE).exp()
     ax = x.abs()
     outer = math.log(0.5) - (ax.clamp_min(0.5) - 0.5) / s + torch.log(-torch.expm1(-1.0 / s))
     inner_x = ax.clamp_max(0.5)  # both branches are evaluated: keep each one's input in its domain
     inner = torch.log1p(-0.5 * (torch.exp(-(0.5 + inner_x) / s) + torch.exp(-(0.5 - inner_x) / s)))
-    log_p = torch.where(ax >= 0.5, outer, inner)
+    return torch.where(ax >= 0.5, outer, inner)
+
+
+def laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log2 of the discretized Laplace p(x) = F(x + ½) − F(x − ½), floored at the coder's `MIN_PROB`."""
+    return _laplace_log_pmf(x, log_scale).clamp_min(math.log(MIN_PROB)) / math.log(2.0)
+
+
+def spike_laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor, zero_logit: torch.Tensor) -> torch.Tensor:
+    """log2 of the spike-and-slab p(x) = π·[|x| < ½] + (1 − π)·(F(x + ½) − F(x − ½)), π = σ(zero_logit):
+    a point mass at 0 beside the discretized Laplace. At the integers p(0) = π + (1 − π)·L(0) and
+    p(k) = (1 − π)·L(k): how many latents are 0 no longer fixes how fast the nonzero ones' cost grows
+    with |k| (a Laplace with p(0) = 0.95 charges 8.7 more bits for each step beyond ±1, so it makes
+    the nonzero latents ternary). The point mass relaxed by U(−½, ½) is the box [|x| < ½]."""
+    slab = F.logsigmoid(-zero_logit) + _laplace_log_pmf(x, log_scale)
+    log_p = torch.where(x.abs() < 0.5, torch.logaddexp(F.logsigmoid(zero_logit).expand_as(slab), slab), slab)
     return log_p.clamp_min(math.log(MIN_PROB)) / math.log(2.0)
 
 
@@ -48,18 +68,34 @@ def round_ste(z: torch.Tensor) -> torch.Tensor:
 class EPRWeight(TransformWeight):
     """W = a ⊙ (round(Z) + β) ×_a B_aᵀ over full bases; `original` is the continuous latent Z,
     integer once `finish`ed. log a (`decoder_log_step`), the shift β in steps (`decoder_shift`: the
-    decoder's bias is b = a·β) and the prior's log scale (`prior_log_scale`) have the decoder group's
-    shape: (1, 1, kh, kw) for a Conv2d, (1, 1) for a Linear. Every parameter is in latent units or a
+    decoder's bias is b = a·β), the prior's log scale (`prior_log_scale`) and, for the spike-and-slab
+    prior, the logit of its point mass at 0 (`prior_zero_logit`) have the decoder group's shape:
+    (1, 1, kh, kw) for a Conv2d, (1, 1) for a Linear. Every parameter is in latent units or a
     log, so Adam's step (about lr per parameter, whatever its scale) means the same for all of them:
     with a itself a parameter, a step of 1e-3 on an a of 1e-2 would change the layer by 10 %."""
 
-    def __init__(self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], init_step: float, dtype, device):
+    def __init__(
+        self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], init_step: float, prior: str, dtype, device
+    ):
         super().__init__(shape, bases, None)
         group = (1, 1, *shape[2:])
         self.init_step = float(init_step)
         self.decoder_log_step = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
         self.decoder_shift = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
         self.prior_log_scale = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
+        spike = nn.Parameter(torch.zeros(group, dtype=dtype, device=device)) if prior == "spike_laplace" else None
+        self.register_parameter("prior_zero_logit", spike)
+
+    def floats(self) -> list[torch.Tensor]:
+        """The decoder's and the prior's parameters (the file keeps them exactly)."""
+        return [t for t in (self.decoder_log_step, self.decoder_shift, self.prior_log_scale, self.prior_zero_logit)
+                if t is not None]  # fmt: skip
+
+    def log2_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """log2 p(x) of latents x under the layer's prior (at integers: what the file codes them with)."""
+        if self.prior_zero_logit is None:
+            return laplace_log2_pmf(x, self.prior_log_scale)
+        return spike_laplace_log2_pmf(x, self.prior_log_scale, self.prior_zero_logit)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The coefficients C = a ⊙ (round(Z) + β) (straight-through in training)."""
@@ -72,7 +108,8 @@ class EPRWeight(TransformWeight):
     def fit(self, coeffs: torch.Tensor) -> torch.Tensor:
         """Set the decoder and the prior for coefficients `coeffs` and return their latents:
         b = a·β = the group's mean, a = init_step × the group's std (rounding error std a/√12: 7 % of
-        the coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|."""
+        the coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|
+        and its point mass the share of round(Z) = 0 that the Laplace leaves unexplained (at least 1 %)."""
         dims = (0, 1)
         shift = coeffs.mean(dims, keepdim=True)
         std = coeffs.std(dims, keepdim=True) if coeffs.shape[0] * coeffs.shape[1] > 1 else coeffs.abs()
@@ -82,7 +119,13 @@ class EPRWeight(TransformWeight):
         self.decoder_log_step.copy_(step.log())
         self.decoder_shift.copy_(shift / step)
         z = (coeffs - shift) / step
-        self.prior_log_scale.copy_(z.abs().mean(dims, keepdim=True).clamp_min(1e-3).log())
+        scale = z.abs().mean(dims, keepdim=True).clamp_min(1e-3)
+        self.prior_log_scale.copy_(scale.log())
+        if self.prior_zero_logit is not None:
+            zeros = (z.round() == 0).to(z.dtype).mean(dims, keepdim=True)
+            slab_zero = -torch.expm1(-0.5 / scale)  # the Laplace's own p(0)
+            pi = ((zeros - slab_zero) / (1 - slab_zero)).clamp(0.01, 0.99)
+            self.prior_zero_logit.copy_(torch.log(pi / (1 - pi)))
         return z
 
     @torch.no_grad()
@@ -91,8 +134,8 @@ class EPRWeight(TransformWeight):
         return self.fit(super().right_inverse(weight))
 
     def stored(self) -> int:
-        # the latents, and a, b and the prior's scale per group
-        return math.prod(self.shape) + 3 * self.decoder_shift.numel()
+        # the latents, and per group a, b and the prior's scale (and point mass)
+        return math.prod(self.shape) + sum(t.numel() for t in self.floats())
 
     @torch.no_grad()
     def variance_init(self, chain: nn.Module, std: float) -> None:
@@ -104,10 +147,11 @@ class EPRWeight(TransformWeight):
         """Bits of the latents under the prior: of round(Z) (what the file codes, up to the coder's
         fixed-point probabilities), or of Z + U(−½, ½) (the training rate)."""
         x = z + torch.rand_like(z) - 0.5 if noisy else torch.round(z)
-        return -laplace_log2_pmf(x, self.prior_log_scale).sum()
+        return -self.log2_prior(x).sum()
 
     def no_weight_decay(self) -> tuple[str, ...]:
-        return ("decoder_log_step", "decoder_shift", "prior_log_scale")
+        names = ("decoder_log_step", "decoder_shift", "prior_log_scale", "prior_zero_logit")
+        return tuple(n for n in names if getattr(self, n) is not None)
 
 
 def rate_bits(model: nn.Module, noisy: bool = False) -> torch.Tensor:
@@ -124,11 +168,14 @@ class EPR(Method):
     options: ClassVar[dict] = {
         "rate_weight": 1.0,  # λ: the rate's weight relative to the two-part code length's ln2·bits/N
         "init_step": 0.25,  # the decoder's initial step a, as a fraction of each group's coefficient std
+        "prior": "laplace",  # the latents' prior per group: laplace | spike_laplace (a point mass at 0 beside it)
     }
     # the last epoch is the trained trade-off; the best-validation one may be an earlier, larger model
     keeps_last_epoch: ClassVar[bool] = True
 
     def check(self) -> None:
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         for key, low in (("rate_weight", 0.0), ("init_step", None)):
             value = getattr(self, key)
             bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
@@ -140,12 +187,13 @@ class EPR(Method):
     ) -> tuple[nn.Module, tuple[int, ...], list[str]]:
         weight = module.weight.detach()
         axes, bases, notes = transform_bases(module, kernel, axes, wavelet=wavelet)
-        param = EPRWeight(tuple(weight.shape), bases, self.init_step, weight.dtype, weight.device)
+        param = EPRWeight(tuple(weight.shape), bases, self.init_step, self.prior, weight.dtype, weight.device)
         group = "per (kh, kw) position" if weight.ndim == 4 else "per layer"
+        prior = "Laplace" if self.prior == "laplace" else "spike-and-slab Laplace"
         return (
             param,
             axes,
-            notes + [f"EPR: integer latents, affine decoder and Laplace prior {group}; keep does not apply"],
+            notes + [f"EPR: integer latents, affine decoder and {prior} prior {group}; keep does not apply"],
         )
 
     def stages(self, max_epochs: int) -> list[Stage]:
@@ -173,7 +221,7 @@ class EPR(Method):
         exactly in 2 bytes each (`codec`'s "exact" tensors); a value beyond float16's range stays."""
         for _, param, z in layers_stored_by(model, EPRWeight):
             z.copy_(torch.round(z))
-            for t in (param.decoder_log_step, param.decoder_shift, param.prior_log_scale):
+            for t in param.floats():
                 half = t.half()
                 t.copy_(torch.where(half.isfinite() | ~t.isfinite(), half.to(t.dtype), t))
 

@@ -32,6 +32,12 @@ def priors(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
     return {m.group(1) + ".original": n for n in state_dict if (m := _PRIOR.match(n))}
 
 
+def prior_zero(state_dict: dict[str, torch.Tensor], prior: str) -> str | None:
+    """The name of the spike-and-slab prior's point-mass logit beside the log scales `prior`, if any."""
+    name = prior.removesuffix("prior_log_scale") + "prior_zero_logit"
+    return name if name in state_dict else None
+
+
 def tensor_kinds(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
     """`tensor_kind` of every tensor, and "symbols" for the originals coded under their own prior."""
     coded = priors(state_dict)

@@ -425,7 +425,7 @@ def test_records_spell_out_only_what_differs_and_version_1_files_still_read():
     sd["bn.num_batches_tracked"], sd["empty.bias"] = torch.tensor(3), torch.zeros(0)  # the latter: no side bytes
     data, _ = encode(sd, {"model": "lenet"}, CodecSpec())
     version, header = _frame(data)
-    assert version == FORMAT_VERSION == 4
+    assert version == FORMAT_VERSION == 5
     records = header["records"]
     assert all(("dtype" in r) == (sd[r["name"]].dtype != torch.float32) for r in records)
     assert {r["dtype"] for r in records if "dtype" in r} == {"torch.bool", "torch.int64"}

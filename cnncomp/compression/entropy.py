@@ -278,18 +278,18 @@ def prior_scales(log_scale: np.ndarray, shape: tuple[int, ...] | list[int]) -> n
 
 
 def prior_zero_probs(zero_logit: np.ndarray, shape: tuple[int, ...] | list[int]) -> np.ndarray:
-    """Per-symbol weights π = σ(zero_logit) of a spike-and-slab prior's point mass at 0 (float64),
+    """Per-symbol probabilities π = σ(zero_logit) of a spike-and-slab prior's point mass at 0 (float64),
     broadcast and flattened as `prior_scales`."""
     logit = np.asarray(zero_logit, dtype=np.float32).astype(np.float64)
     return np.ascontiguousarray(np.broadcast_to(1.0 / (1.0 + np.exp(-logit)), tuple(shape)).ravel())
 
 
 def spike_laplace_pmf(lo: int, hi: int, scale: float, zero_prob: float) -> np.ndarray:
-    """p(k) for k = lo..hi of π·[k = 0] + (1 − π)·(F(k + ½) − F(k − ½)), F the CDF of Laplace(0, scale)."""
+    """p(k) for k = lo..hi of the spike-and-slab p(0) = π, p(k) = (1 − π)·½·(1 − r)·r^{|k| − 1} with
+    r = e^{−1/scale}: the discretized Laplace of that scale restricted to k ≠ 0 (`epr.spike_laplace_log2_pmf`)."""
     k = np.abs(np.arange(lo, hi + 1, dtype=np.float64))
-    slab = np.where(k == 0, -np.expm1(-0.5 / scale), 0.5 * np.exp(-(np.maximum(k, 0.5) - 0.5) / scale))
-    slab[k > 0] *= -np.expm1(-1.0 / scale)
-    return (1.0 - zero_prob) * slab + zero_prob * (k == 0)
+    slab = (1.0 - zero_prob) * 0.5 * -np.expm1(-1.0 / scale) * np.exp(-(k - 1.0) / scale)
+    return np.where(k == 0, zero_prob, slab)
 
 
 def _laplace(lo: int, hi: int):
@@ -313,9 +313,9 @@ class PriorStream:
     """Integer symbols coded under a discretized Laplace prior p(k) = F(k + ½) − F(k − ½), F the CDF
     of Laplace(0, scale_i), one scale per symbol (constriction's QuantizedLaplace over the symbols'
     range lo..hi, which the header holds): a learned prior whose parameters are stored, not counts
-    (EPR, Oktay et al., ICLR 2020). With `zero_probs` the prior is the spike-and-slab
-    π·[k = 0] + (1 − π)·p(k) (`spike_laplace_pmf`), coded as one categorical model per distinct
-    (scale, π), group after group."""
+    (EPR, Oktay et al., ICLR 2020). With `zero_probs` the prior is the spike-and-slab p(0) = π and
+    the Laplace on the nonzero integers (`spike_laplace_pmf`), coded as one categorical model per
+    distinct (scale, π), group after group."""
 
     symbols: np.ndarray  # int64
     scales: np.ndarray  # float64, one per symbol

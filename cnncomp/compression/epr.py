@@ -49,14 +49,19 @@ def laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     return _laplace_log_pmf(x, log_scale).clamp_min(math.log(MIN_PROB)) / math.log(2.0)
 
 
-def spike_laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor, zero_logit: torch.Tensor) -> torch.Tensor:
-    """log2 of the spike-and-slab p(x) = π·[|x| < ½] + (1 − π)·(F(x + ½) − F(x − ½)), π = σ(zero_logit):
-    a point mass at 0 beside the discretized Laplace. At the integers p(0) = π + (1 − π)·L(0) and
-    p(k) = (1 − π)·L(k): how many latents are 0 no longer fixes how fast the nonzero ones' cost grows
-    with |k| (a Laplace with p(0) = 0.95 charges 8.7 more bits for each step beyond ±1, so it makes
-    the nonzero latents ternary). The point mass relaxed by U(−½, ½) is the box [|x| < ½]."""
-    slab = F.logsigmoid(-zero_logit) + _laplace_log_pmf(x, log_scale)
-    log_p = torch.where(x.abs() < 0.5, torch.logaddexp(F.logsigmoid(zero_logit).expand_as(slab), slab), slab)
+def spike_laplace_log2_pmf(k: torch.Tensor, log_scale: torch.Tensor, zero_logit: torch.Tensor) -> torch.Tensor:
+    """log2 p(k) at integers k of the spike-and-slab p(0) = π = σ(zero_logit), p(k) = (1 − π)·L(k) / (1 − L(0))
+    for k ≠ 0, L the discretized Laplace of scale s: a latent is 0 with probability π, else its sign is a
+    fair coin and |k| − 1 geometric, p(k) = (1 − π)·½·(1 − r)·r^{|k| − 1} with r = e^{−1/s}. How many
+    latents are 0 no longer fixes how fast the others' cost grows with |k| (one Laplace with p(0) = 0.95
+    charges 8.7 more bits for each step beyond ±1, which makes the nonzero latents ternary), and π is
+    fitted by the zeros alone, s by the nonzero latents alone: in the mixture form π·[k = 0] + (1 − π)·L(k),
+    the same family, a narrowing slab explains the zeros too and, once the nonzero latents sit at the
+    coder's floor (no gradient), collapses onto them (measured: fc1's slab at s = 0.0013, π = 0, every
+    nonzero latent at 24 bits)."""
+    s = log_scale.clamp_min(MIN_LOG_SCALE).exp()
+    slab = math.log(0.5) - (k.abs() - 1.0) / s + torch.log(-torch.expm1(-1.0 / s)) + F.logsigmoid(-zero_logit)
+    log_p = torch.where(k == 0, F.logsigmoid(zero_logit).expand_as(slab), slab)
     return log_p.clamp_min(math.log(MIN_PROB)) / math.log(2.0)
 
 
@@ -109,7 +114,7 @@ class EPRWeight(TransformWeight):
         """Set the decoder and the prior for coefficients `coeffs` and return their latents:
         b = a·β = the group's mean, a = init_step × the group's std (rounding error std a/√12: 7 % of
         the coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|
-        and its point mass the share of round(Z) = 0 that the Laplace leaves unexplained (at least 1 %)."""
+        (the spike-and-slab's: π and s fitted to round(Z) by maximum likelihood, π within 1 %…99 %)."""
         dims = (0, 1)
         shift = coeffs.mean(dims, keepdim=True)
         std = coeffs.std(dims, keepdim=True) if coeffs.shape[0] * coeffs.shape[1] > 1 else coeffs.abs()
@@ -119,13 +124,17 @@ class EPRWeight(TransformWeight):
         self.decoder_log_step.copy_(step.log())
         self.decoder_shift.copy_(shift / step)
         z = (coeffs - shift) / step
-        scale = z.abs().mean(dims, keepdim=True).clamp_min(1e-3)
-        self.prior_log_scale.copy_(scale.log())
-        if self.prior_zero_logit is not None:
-            zeros = (z.round() == 0).to(z.dtype).mean(dims, keepdim=True)
-            slab_zero = -torch.expm1(-0.5 / scale)  # the Laplace's own p(0)
-            pi = ((zeros - slab_zero) / (1 - slab_zero)).clamp(0.01, 0.99)
-            self.prior_zero_logit.copy_(torch.log(pi / (1 - pi)))
+        if self.prior_zero_logit is None:
+            self.prior_log_scale.copy_(z.abs().mean(dims, keepdim=True).clamp_min(1e-3).log())
+            return z
+        # the spike's maximum likelihood: π the share of zeros, r/(1 − r) the mean of |k| − 1 over the rest
+        k = z.round().abs()
+        nonzero = (k > 0).to(z.dtype)
+        pi = (1 - nonzero.mean(dims, keepdim=True)).clamp(0.01, 0.99)
+        excess = ((k - 1) * nonzero).sum(dims, keepdim=True) / nonzero.sum(dims, keepdim=True).clamp_min(1)
+        r = (excess / (1 + excess)).clamp(1e-3, 1 - 1e-3)
+        self.prior_log_scale.copy_((-1 / torch.log(r)).log())
+        self.prior_zero_logit.copy_(torch.log(pi / (1 - pi)))
         return z
 
     @torch.no_grad()
@@ -143,20 +152,27 @@ class EPRWeight(TransformWeight):
         coeffs = torch.randn(self.shape, dtype=chain.original.dtype, device=chain.original.device) * std
         chain.original.copy_(self.fit(coeffs))
 
-    def rate_bits(self, z: torch.Tensor, noisy: bool) -> torch.Tensor:
+    def rate_bits(self, z: torch.Tensor, relaxed: bool) -> torch.Tensor:
         """Bits of the latents under the prior: of round(Z) (what the file codes, up to the coder's
-        fixed-point probabilities), or of Z + U(−½, ½) (the training rate)."""
-        x = z + torch.rand_like(z) - 0.5 if noisy else torch.round(z)
-        return -self.log2_prior(x).sum()
+        fixed-point probabilities), or relaxed (the training rate, see `EPR.penalty`): the Laplace's
+        of Z + U(−½, ½); the spike-and-slab's expected bits of Z rounded at random, up with
+        probability t = Z − ⌊Z⌋: (1 − t)·bits(⌊Z⌋) + t·bits(⌊Z⌋ + 1)."""
+        if not relaxed:
+            return -self.log2_prior(torch.round(z)).sum()
+        if self.prior_zero_logit is None:
+            return -self.log2_prior(z + torch.rand_like(z) - 0.5).sum()
+        low = torch.floor(z).detach()
+        t = z - low
+        return -((1 - t) * self.log2_prior(low) + t * self.log2_prior(low + 1)).sum()
 
     def no_weight_decay(self) -> tuple[str, ...]:
         names = ("decoder_log_step", "decoder_shift", "prior_log_scale", "prior_zero_logit")
         return tuple(n for n in names if getattr(self, n) is not None)
 
 
-def rate_bits(model: nn.Module, noisy: bool = False) -> torch.Tensor:
+def rate_bits(model: nn.Module, relaxed: bool = False) -> torch.Tensor:
     """Σ over `model`'s EPR layers of their latents' bits (`EPRWeight.rate_bits`); 0 when there are none."""
-    terms = [param.rate_bits(z, noisy) for _, param, z in layers_stored_by(model, EPRWeight)]
+    terms = [param.rate_bits(z, relaxed) for _, param, z in layers_stored_by(model, EPRWeight)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -201,14 +217,16 @@ class EPR(Method):
 
     def penalty(self, model: nn.Module, *, stage: Stage, epoch: int, num_train: int) -> Callable | None:
         """λ·ln2·bits/N: the latents' code length in nats per training example, next to the mean
-        cross-entropy. The rate is taken on Z + U(−½, ½), EPR's (and Ballé et al. 2018's) relaxation:
-        its density at an integer is the prior's p(k), and unlike the rate of round(Z) (piecewise
-        constant in Z) its gradient moves every latent, not just through a straight-through guess;
-        the forward still sees round(Z), the straight-through estimator's job."""
+        cross-entropy. Unlike the rate of round(Z) (piecewise constant in Z) a relaxed rate moves
+        every latent; the forward still sees round(Z), the straight-through estimator's job. The
+        Laplace's rate is taken on Z + U(−½, ½), EPR's (and Ballé et al. 2018's) relaxation: its
+        density at an integer is the prior's p(k). The spike-and-slab's is the expected code length
+        of Z rounded at random: its slope between 0 and ±1 is what leaving 0 costs (~10 bits for a
+        sparse layer), where the density of Z + U would see only the slab's slope 1/s there."""
         if stage.name != "epr" or not self.rate_weight:
             return None
         weight = self.rate_weight * math.log(2.0) / num_train
-        return lambda: weight * rate_bits(model, noisy=True)
+        return lambda: weight * rate_bits(model, relaxed=True)
 
     def epoch_metrics(self, model: nn.Module) -> dict:
         with torch.no_grad():

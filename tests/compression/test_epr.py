@@ -61,7 +61,7 @@ def test_the_laplace_pmf_is_the_cdf_difference_and_sums_to_one():
     assert torch.allclose(p, ref, rtol=1e-6, atol=0)  # the reference cancels in the tails: 1e-16 / p
     # the floor 2^-24 (the coder's leaky minimum) adds at most 801·2^-24; s = e^3 leaves mass past ±400
     assert torch.allclose(p.sum(1)[:3], torch.ones(3, dtype=torch.float64), atol=801 * 2.0**-24)
-    # continuous arguments too (the noisy training rate): F(x + ½) − F(x − ½)
+    # continuous arguments too (the relaxed training rate): F(x + ½) − F(x − ½)
     x = torch.linspace(-3, 3, 61, dtype=torch.float64)
     s = torch.tensor(0.3, dtype=torch.float64).exp()
     ref = _laplace_cdf(x + 0.5, s) - _laplace_cdf(x - 0.5, s)
@@ -189,7 +189,7 @@ def test_the_penalty_is_lambda_ln2_bits_per_example():
     torch.manual_seed(0)
     value = penalty().detach().item()
     torch.manual_seed(0)
-    assert value == pytest.approx(3.0 * math.log(2) / 500 * rate_bits(model, noisy=True).detach().item(), rel=1e-6)
+    assert value == pytest.approx(3.0 * math.log(2) / 500 * rate_bits(model, relaxed=True).detach().item(), rel=1e-6)
     assert build_method("epr", rate_weight=0.0).penalty(model, stage=method.stages(2)[0], epoch=1, num_train=5) is None
 
 
@@ -248,23 +248,44 @@ def test_finish_rounds_the_decoder_and_the_prior_to_float16_numbers():
     assert stats.tensors[shift] == 32 * 25
 
 
-def test_the_spike_and_slab_pmf_is_a_point_mass_beside_the_laplace_and_the_codec_codes_with_it():
+def test_the_spike_and_slab_pmf_is_a_point_mass_and_the_laplace_on_the_nonzero_integers():
     log_scale = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)[:, None]
     zero_logit = torch.tensor([-2.0, 1.0, 4.0], dtype=torch.float64)[:, None]
     pi, k = torch.sigmoid(zero_logit), torch.arange(-60, 61, dtype=torch.float64)[None, :]
     p = 2 ** spike_laplace_log2_pmf(k, log_scale, zero_logit)
-    slab = 2 ** laplace_log2_pmf(k, log_scale)
-    assert torch.allclose(p, ((1 - pi) * slab + pi * (k == 0)).clamp_min(2.0**-24), rtol=1e-9, atol=0)
+    scale = log_scale.exp()  # the slab from the Laplace's CDF (|k| ≤ 10: no cancellation in float64)
+    laplace = _laplace_cdf(k + 0.5, scale) - _laplace_cdf(k - 0.5, scale)
+    slab = laplace / (1 - (_laplace_cdf(torch.tensor(0.5), scale) - _laplace_cdf(torch.tensor(-0.5), scale)))
+    ref = torch.where(k == 0, pi, (1 - pi) * slab).clamp_min(2.0**-24)
+    near = k.abs().squeeze(0) <= 10
+    assert torch.allclose(p[:, near], ref[:, near], rtol=1e-9, atol=0)
     assert torch.allclose(p.sum(1), torch.ones(3, dtype=torch.float64), atol=121 * 2.0**-24)
-    # the relaxed rate's density: the point mass is the box |x| < ½, the slab F(x + ½) − F(x − ½)
-    x = torch.tensor([-0.7, -0.49, 0.0, 0.3, 0.51, 2.2], dtype=torch.float64)
-    box = (x.abs() < 0.5).double()
-    ref = pi[1] * box + (1 - pi[1]) * 2 ** laplace_log2_pmf(x, log_scale[1])
-    assert torch.allclose(2 ** spike_laplace_log2_pmf(x, log_scale[1], zero_logit[1]), ref, rtol=1e-9)
     # the codec's table over the integers is the same pmf, from the same stored float32 numbers
     for i in range(3):
         table = entropy.spike_laplace_pmf(-60, 60, math.exp(log_scale[i].item()), pi[i].item())
         assert np.allclose(table, p[i].numpy(), rtol=1e-9, atol=2.0**-24)
+
+
+def test_the_spike_and_slab_training_rate_is_the_expected_bits_of_random_rounding():
+    layer = compress_module(nn.Linear(4, 3), kernel="identity", keep=1.0, method="epr", prior="spike_laplace")
+    p = layer.parametrizations.weight[0]
+    with torch.no_grad():
+        p.prior_log_scale.fill_(1.0)
+        p.prior_zero_logit.fill_(3.0)
+    bits = {k: -p.log2_prior(torch.tensor(float(k))).item() for k in (-2, -1, 0, 1, 2)}
+    z = torch.tensor([0.0, 0.25, -0.75, 1.0, 1.5], requires_grad=True)
+    rate = p.rate_bits(z, relaxed=True)
+    expected = bits[0] + (0.75 * bits[0] + 0.25 * bits[1]) + (0.75 * bits[-1] + 0.25 * bits[0]) + bits[1]
+    expected += 0.5 * bits[1] + 0.5 * bits[2]
+    assert rate.item() == pytest.approx(expected, rel=1e-6)
+    rate.backward()
+    # the slope between two integers is the difference of their bits: leaving 0 costs ~ all of them
+    slopes = [bits[1] - bits[0], bits[1] - bits[0], bits[0] - bits[-1], bits[2] - bits[1], bits[2] - bits[1]]
+    assert torch.allclose(z.grad, torch.tensor(slopes), rtol=1e-5)
+    assert bits[1] - bits[0] > 4  # π = σ(3): leaving 0 costs far more than the slab's slope 1/(s ln 2)
+    # at integers the relaxed rate is the coded one
+    ints = torch.tensor([[0.0, 3.0, -1.0, 0.0]] * 3)
+    assert p.rate_bits(ints, relaxed=True).item() == pytest.approx(p.rate_bits(ints, relaxed=False).item())
 
 
 def test_the_spike_and_slab_prior_codes_sparse_latents_near_their_entropy_and_below_the_laplace():
@@ -287,12 +308,12 @@ def test_the_spike_and_slab_prior_codes_sparse_latents_near_their_entropy_and_be
         opt = torch.optim.Adam([t for t in (p.prior_log_scale, p.prior_zero_logit) if t is not None], lr=0.05)
         for _ in range(400):  # the prior's maximum likelihood fit on these latents
             opt.zero_grad()
-            p.rate_bits(z, noisy=False).backward()
+            p.rate_bits(z, relaxed=False).backward()
             opt.step()
         build_method("epr", prior=prior).finish(model)
         _, stats = codec.encode(model.state_dict(), {}, codec.CodecSpec(other="float32"))
         coded[prior] = stats.value_bits
-        estimate = float(p.rate_bits(z, noisy=False).detach())
+        estimate = float(p.rate_bits(z, relaxed=False).detach())
         assert abs(stats.value_bits / estimate - 1) < 0.01  # the coder codes with the trained model
     assert coded["spike_laplace"] < 1.02 * entropy_bits, (coded, entropy_bits)
     assert coded["laplace"] > 1.25 * entropy_bits, (coded, entropy_bits)
@@ -302,13 +323,15 @@ def test_the_spike_is_fitted_to_the_zeros_trained_and_finished_like_the_other_fl
     model = _epr_lenet(prior="spike_laplace", init="project")
     layers = [m.parametrizations.weight[0] for m in _layers(model)]
     for p, m in zip(layers, _layers(model), strict=True):
-        z = m.parametrizations.weight.original.detach()
-        zeros = (z.round() == 0).float().mean((0, 1), keepdim=True)
-        slab_zero = 1 - torch.exp(-0.5 / p.prior_log_scale.exp())
+        k = m.parametrizations.weight.original.detach().round().abs()
+        zeros = (k == 0).float().mean((0, 1), keepdim=True)
         pi = torch.sigmoid(p.prior_zero_logit)
-        # p(0) of the fitted prior is the share of zeros (where that share leaves the spike in 1 %…99 %)
-        inside = (pi > 0.0101) & (pi < 0.9899)
-        assert torch.allclose((pi + (1 - pi) * slab_zero)[inside], zeros[inside], atol=1e-5)
+        # maximum likelihood: π the share of zeros, the geometric's mean r/(1 − r) that of |k| − 1 ≠ 0
+        assert torch.allclose(pi, zeros.clamp(0.01, 0.99), atol=1e-5)
+        nonzero = (k > 0).float()
+        mean = ((k - 1) * nonzero).sum((0, 1), keepdim=True) / nonzero.sum((0, 1), keepdim=True)
+        r = torch.exp(-1 / p.prior_log_scale.exp())
+        assert torch.allclose(r / (1 - r), mean, rtol=1e-4)
     method = _train_toy(model, steps=2, prior="spike_laplace")
     assert all(p.prior_zero_logit.grad is not None and p.prior_zero_logit.grad.abs().sum() > 0 for p in layers)
     decayed, exempt = build_optimizer(model, name="sgd", lr=0.1, weight_decay=0.1).param_groups

@@ -288,7 +288,7 @@ def spike_laplace_pmf(lo: int, hi: int, scale: float, zero_prob: float) -> np.nd
     """p(k) for k = lo..hi of the spike-and-slab p(0) = π, p(k) = (1 − π)·½·(1 − r)·r^{|k| − 1} with
     r = e^{−1/scale}: the discretized Laplace of that scale restricted to k ≠ 0 (`epr.spike_laplace_log2_pmf`)."""
     k = np.abs(np.arange(lo, hi + 1, dtype=np.float64))
-    slab = (1.0 - zero_prob) * 0.5 * -np.expm1(-1.0 / scale) * np.exp(-(k - 1.0) / scale)
+    slab = (1.0 - zero_prob) * 0.5 * -np.expm1(-1.0 / scale) * np.exp(-(np.maximum(k, 1.0) - 1.0) / scale)
     return np.where(k == 0, zero_prob, slab)
 
 

@@ -17,8 +17,8 @@ at float32.
 A parametrization can supply its own symbols and probability model instead (EPR's integer latents):
 when it holds a tensor named `prior_log_scale` (broadcastable to its `original`), that `original`
 must be integer-valued and is coded as those integers under the discretized Laplace prior with
-scale exp(prior_log_scale), beside a point mass at 0 of weight σ(prior_zero_logit) when it holds
-that too (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
+scale exp(prior_log_scale), or, when it holds `prior_zero_logit` too, under p(0) = σ(prior_zero_logit)
+and that Laplace on the nonzero integers (`entropy.PriorStream`), not quantized; its `prior_*` and `decoder_*`
 tensors are "exact" ones, so the file decodes to the exact model.
 
 File layout (little-endian):

@@ -319,7 +319,7 @@ class PriorStream:
 
     symbols: np.ndarray  # int64
     scales: np.ndarray  # float64, one per symbol
-    zero_probs: np.ndarray | None = None  # float64, one per symbol: the spike's weight π
+    zero_probs: np.ndarray | None = None  # float64, one per symbol: the spike's p(0) = π
 
     def bounds(self) -> tuple[int, int]:
         return (int(self.symbols.min()), int(self.symbols.max())) if self.symbols.size else (0, 0)

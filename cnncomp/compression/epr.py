@@ -7,8 +7,9 @@ C = a ⊙ (Z + β) (the step a = exp(decoder_log_step) and the shift b = a·β s
 frequency position of a Conv2d, one pair for a Linear) and
 W = C ×_a B_aᵀ (`TransformWeight`). A learned prior per decoder group, the discretized Laplace
 p(k) = F(k + ½) − F(k − ½) of scale s = exp(prior_log_scale) over the integers (`method.prior=laplace`),
-or that Laplace beside a point mass at 0 (`spike_laplace`: EPR's own prior is a flexible density,
-Ballé et al. 2018's, which a spike-and-slab approximates in one more float), says what Z costs;
+or a point mass at 0 with that Laplace on the nonzero integers (`spike_laplace`: EPR's own prior is a
+flexible density, Ballé et al. 2018's, which a spike-and-slab approximates in one more float), says
+what Z costs;
 training adds λ·ln 2·bits / N to the mean cross-entropy (the two-part code length per example:
 λ = 1 is the MDL/ELBO weighting). The file codes Z under that same prior (`codec`: a parametrization
 holding `prior_log_scale`, and `prior_zero_logit` for the spike, supplies its own symbols), so the
@@ -33,20 +34,16 @@ PRIORS = ("laplace", "spike_laplace")
 MIN_PROB = 2.0**-24  # the coder's leaky floor (24-bit probabilities): no symbol costs more than 24 bits
 
 
-def _laplace_log_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """ln of F(x + ½) − F(x − ½), F the CDF of Laplace(0, s = exp(log_scale)) (broadcast), in a form
+def laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log2 of F(x + ½) − F(x − ½), F the CDF of Laplace(0, s = exp(log_scale)) (broadcast), in a form
     that does not cancel: |x| ≥ ½: ½·e^{−(|x|−½)/s}·(1 − e^{−1/s}); |x| < ½: 1 − ½(e^{−(½+x)/s} + e^{−(½−x)/s})."""
     s = log_scale.clamp_min(MIN_LOG_SCALE).exp()
     ax = x.abs()
     outer = math.log(0.5) - (ax.clamp_min(0.5) - 0.5) / s + torch.log(-torch.expm1(-1.0 / s))
     inner_x = ax.clamp_max(0.5)  # both branches are evaluated: keep each one's input in its domain
     inner = torch.log1p(-0.5 * (torch.exp(-(0.5 + inner_x) / s) + torch.exp(-(0.5 - inner_x) / s)))
-    return torch.where(ax >= 0.5, outer, inner)
-
-
-def laplace_log2_pmf(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log2 of the discretized Laplace p(x) = F(x + ½) − F(x − ½), floored at the coder's `MIN_PROB`."""
-    return _laplace_log_pmf(x, log_scale).clamp_min(math.log(MIN_PROB)) / math.log(2.0)
+    log_p = torch.where(ax >= 0.5, outer, inner)
+    return log_p.clamp_min(math.log(MIN_PROB)) / math.log(2.0)
 
 
 def spike_laplace_log2_pmf(k: torch.Tensor, log_scale: torch.Tensor, zero_logit: torch.Tensor) -> torch.Tensor:
@@ -188,7 +185,7 @@ class EPR(Method):
     options: ClassVar[dict] = {
         "rate_weight": 1.0,  # λ: the rate's weight relative to the two-part code length's ln2·bits/N
         "init_step": 0.25,  # the decoder's initial step a, as a fraction of each group's coefficient std
-        "prior": "laplace",  # the latents' prior per group: laplace | spike_laplace (a point mass at 0 beside it)
+        "prior": "laplace",  # the latents' prior per group: laplace | spike_laplace (p(0) = π, the Laplace on k != 0)
     }
     # the last epoch is the trained trade-off; the best-validation one may be an earlier, larger model
     keeps_last_epoch: ClassVar[bool] = True

@@ -25,12 +25,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
-from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
+from cnncomp.compression.method import Method, Stage, register_method
 
 MIN_LOG_SCALE = math.log(1e-3)  # a prior narrower than this codes every latent as 0 at ~0 bits anyway
 PRIORS = ("laplace", "spike_laplace")
+GROUPS = ("position", "layer")
+BIASES = ("raw", "latents")
 MIN_PROB = 2.0**-24  # the coder's leaky floor (24-bit probabilities): no symbol costs more than 24 bits
 
 
@@ -77,11 +80,19 @@ class EPRWeight(TransformWeight):
     with a itself a parameter, a step of 1e-3 on an a of 1e-2 would change the layer by 10 %."""
 
     def __init__(
-        self, shape: tuple[int, ...], bases: dict[int, torch.Tensor], init_step: float, prior: str, dtype, device
+        self,
+        shape: tuple[int, ...],
+        bases: dict[int, torch.Tensor],
+        init_step: float,
+        prior: str,
+        dtype,
+        device,
+        group: str = "position",
+        bias_latents: bool = False,
     ):
         super().__init__(shape, bases, None)
-        group = (1, 1, *shape[2:])
-        self.init_step = float(init_step)
+        group = (1, 1, *shape[2:]) if group == "position" and len(shape) == 4 else (1,) * len(shape)
+        self.init_step, self.prior, self.bias_latents = float(init_step), prior, bias_latents
         self.decoder_log_step = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
         self.decoder_shift = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
         self.prior_log_scale = nn.Parameter(torch.zeros(group, dtype=dtype, device=device))
@@ -113,9 +124,10 @@ class EPRWeight(TransformWeight):
         the coefficients' at the default 0.25), Z = (C − b)/a, the prior's scale the Laplace fit mean |Z|
         (the spike-and-slab's: s fitted to the nonzero round(Z) by maximum likelihood, π the share of
         zeros within ½…99 %)."""
-        dims = (0, 1)
+        group = self.decoder_log_step.shape
+        dims = tuple(a for a, g in enumerate(group) if g == 1)
         shift = coeffs.mean(dims, keepdim=True)
-        std = coeffs.std(dims, keepdim=True) if coeffs.shape[0] * coeffs.shape[1] > 1 else coeffs.abs()
+        std = coeffs.std(dims, keepdim=True) if coeffs.numel() > math.prod(group) else coeffs.abs()
         fallback = coeffs.std() if coeffs.numel() > 1 else coeffs.abs().max()
         std = torch.where(std > 0, std, fallback if fallback > 0 else torch.ones_like(std))
         step = self.init_step * std
@@ -166,14 +178,31 @@ class EPRWeight(TransformWeight):
         t = z - low
         return -((1 - t) * self.log2_prior(low) + t * self.log2_prior(low + 1)).sum()
 
+    def install(self, module: nn.Module) -> None:
+        """With `bias_latents`, the layer's bias becomes EPR latents too (one decoder and prior group):
+        stored raw at float16 its 2 bytes a value are a third of a 4 KB LeNet-5 file."""
+        if self.bias_latents and module.bias is not None:
+            bias = module.bias.detach()
+            param = EPRWeight(tuple(bias.shape), {}, self.init_step, self.prior, bias.dtype, bias.device)
+            parametrize.register_parametrization(module, "bias", param, unsafe=True)
+
     def no_weight_decay(self) -> tuple[str, ...]:
         names = ("decoder_log_step", "decoder_shift", "prior_log_scale", "prior_zero_logit")
         return tuple(n for n in names if getattr(self, n) is not None)
 
 
+def latent_tensors(model: nn.Module):
+    """(name of the latents in the state_dict, parametrization, latents) of every EPR-coded tensor
+    of `model`: the compressed layers' weights and, with `bias_latents`, their biases."""
+    for name, module in model.named_modules():
+        for attr, chain in getattr(module, "parametrizations", {}).items():
+            if isinstance(chain[0], EPRWeight):
+                yield f"{name}.parametrizations.{attr}.original", chain[0], chain.original
+
+
 def rate_bits(model: nn.Module, relaxed: bool = False) -> torch.Tensor:
-    """Σ over `model`'s EPR layers of their latents' bits (`EPRWeight.rate_bits`); 0 when there are none."""
-    terms = [param.rate_bits(z, relaxed) for _, param, z in layers_stored_by(model, EPRWeight)]
+    """Σ over `model`'s EPR-coded tensors of their latents' bits (`EPRWeight.rate_bits`); 0 when there are none."""
+    terms = [param.rate_bits(z, relaxed) for _, param, z in latent_tensors(model)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -186,13 +215,16 @@ class EPR(Method):
         "rate_weight": 1.0,  # λ: the rate's weight relative to the two-part code length's ln2·bits/N
         "init_step": 0.25,  # the decoder's initial step a, as a fraction of each group's coefficient std
         "prior": "laplace",  # the latents' prior per group: laplace | spike_laplace (p(0) = π, the Laplace on k != 0)
+        "group": "position",  # a Conv2d's decoder and prior groups: one per (kh, kw) position | one per layer
+        "biases": "raw",  # raw (the codec stores them as its other tensors) | latents (EPR-coded, one group a layer)
     }
     # the last epoch is the trained trade-off; the best-validation one may be an earlier, larger model
     keeps_last_epoch: ClassVar[bool] = True
 
     def check(self) -> None:
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        for key, allowed in (("prior", PRIORS), ("group", GROUPS), ("biases", BIASES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         for key, low in (("rate_weight", 0.0), ("init_step", None)):
             value = getattr(self, key)
             bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
@@ -204,13 +236,17 @@ class EPR(Method):
     ) -> tuple[nn.Module, tuple[int, ...], list[str]]:
         weight = module.weight.detach()
         axes, bases, notes = transform_bases(module, kernel, axes, wavelet=wavelet)
-        param = EPRWeight(tuple(weight.shape), bases, self.init_step, self.prior, weight.dtype, weight.device)
-        group = "per (kh, kw) position" if weight.ndim == 4 else "per layer"
+        param = EPRWeight(
+            tuple(weight.shape), bases, self.init_step, self.prior, weight.dtype, weight.device,
+            self.group, self.biases == "latents",
+        )  # fmt: skip
+        group = "per (kh, kw) position" if weight.ndim == 4 and self.group == "position" else "per layer"
         prior = "Laplace" if self.prior == "laplace" else "spike-and-slab Laplace"
+        biases = "; the bias as latents too" if self.biases == "latents" and module.bias is not None else ""
         return (
             param,
             axes,
-            notes + [f"EPR: integer latents, affine decoder and {prior} prior {group}; keep does not apply"],
+            notes + [f"EPR: integer latents, affine decoder and {prior} prior {group}{biases}; keep does not apply"],
         )
 
     def stages(self, max_epochs: int) -> list[Stage]:
@@ -238,7 +274,7 @@ class EPR(Method):
         """Round the latents in place (the forward is unchanged, the state_dict holds the integers),
         and the decoder's and the prior's floats to the nearest float16 numbers, which the file keeps
         exactly in 2 bytes each (`codec`'s "exact" tensors); a value beyond float16's range stays."""
-        for _, param, z in layers_stored_by(model, EPRWeight):
+        for _, param, z in latent_tensors(model):
             z.copy_(torch.round(z))
             for t in param.floats():
                 half = t.half()
@@ -247,8 +283,7 @@ class EPR(Method):
     @torch.no_grad()
     def restore(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         """A finished EPR model has its built structure; its latents must be the integers a file holds."""
-        names = {id(m): n for n, m in model.named_modules()}
-        for module, _, _ in layers_stored_by(model, EPRWeight):
-            z = state_dict[f"{names[id(module)]}.parametrizations.weight.original"]
+        for name, _, _ in latent_tensors(model):
+            z = state_dict[name]
             if not torch.equal(z, torch.round(z)):
-                raise ValueError(f"{names[id(module)]}: EPR latents must be integers (a finished model)")
+                raise ValueError(f"{name}: EPR latents must be integers (a finished model)")

@@ -18,10 +18,10 @@ from cnncomp.training.engine import build_optimizer
 from cnncomp.transforms import basis
 
 
-def _epr_lenet(seed=0, init="variance", kernel="dct", prior="laplace"):
+def _epr_lenet(seed=0, init="variance", kernel="dct", **options):
     torch.manual_seed(seed)
     model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
-    model, _ = compress_model(model, kernel=kernel, layers="all", keep=1.0, method="epr", init=init, prior=prior)
+    model, _ = compress_model(model, kernel=kernel, layers="all", keep=1.0, method="epr", init=init, **options)
     return model
 
 
@@ -33,11 +33,11 @@ def _layers(model):
     ]
 
 
-def _train_toy(model, steps=30, rate_weight=1.0, seed=0, prior="laplace"):
+def _train_toy(model, steps=30, rate_weight=1.0, seed=0, **options):
     """A few Adam steps on random images and labels with EPR's penalty (N = 1000 examples)."""
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-    method = build_method("epr", rate_weight=rate_weight, prior=prior)
+    method = build_method("epr", rate_weight=rate_weight, **options)
     penalty = method.penalty(model, stage=method.stages(1)[0], epoch=1, num_train=1000)
     opt = build_optimizer(model, name="adamw", lr=1e-2, weight_decay=0.0)
     model.train()
@@ -193,15 +193,22 @@ def test_the_penalty_is_lambda_ln2_bits_per_example():
     assert build_method("epr", rate_weight=0.0).penalty(model, stage=method.stages(2)[0], epoch=1, num_train=5) is None
 
 
-@pytest.mark.parametrize("bad", [{"rate_weight": -1.0}, {"init_step": 0}, {"rate_weight": "a"}, {"prior": "gauss"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"rate_weight": -1.0}, {"init_step": 0}, {"rate_weight": "a"}, {"prior": "gauss"}, {"group": "filter"},
+     {"biases": "fp8"}],
+)  # fmt: skip
 def test_bad_options_name_the_value(bad):
     key = next(iter(bad))
     with pytest.raises(ValueError, match=key):
         build_method("epr", **bad)
 
 
-def test_it_trains_through_the_app_and_loads_from_its_file(make_cfg, quick, tmp_path):
-    cfg = make_cfg(quick + ["recipe=epr", "trainer.max_epochs=2", "method.rate_weight=0.5"])
+@pytest.mark.parametrize(
+    "options", [[], ["kernel=identity", "method.prior=spike_laplace", "method.group=layer", "method.biases=latents"]]
+)
+def test_it_trains_through_the_app_and_loads_from_its_file(make_cfg, quick, tmp_path, options):
+    cfg = make_cfg(quick + ["recipe=epr", "trainer.max_epochs=2", "method.rate_weight=0.5", *options])
     result = train(cfg, tmp_path)
     assert result["status"] == "completed", result["error"]
     assert result["method"] == "epr"
@@ -338,3 +345,53 @@ def test_the_spike_is_fitted_to_the_zeros_trained_and_finished_like_the_other_fl
     assert {id(p.prior_zero_logit) for p in layers} <= {id(t) for t in exempt["params"]}
     method.finish(model)
     assert all(torch.equal(p.prior_zero_logit, p.prior_zero_logit.half().float()) for p in layers)
+
+
+def test_one_group_a_layer_fits_the_whole_layer_and_stores_four_floats():
+    model = _epr_lenet(prior="spike_laplace", init="project", kernel="identity", group="layer")
+    conv = _layers(model)[1]
+    p, z = conv.parametrizations.weight[0], conv.parametrizations.weight.original
+    assert all(t.shape == (1, 1, 1, 1) for t in p.floats()) and len(p.floats()) == 4
+    # b = the layer's mean, a = init_step × its std: Z has mean 0 and std 1/init_step over the whole layer
+    assert abs(z.mean().item()) < 1e-4 and z.std().item() == pytest.approx(1 / 0.25, rel=1e-4)
+    assert torch.allclose(conv.weight, p.decode(z).detach(), atol=0.5 * p.decoder_log_step.exp().item() + 1e-7)
+    method = _train_toy(model, steps=3, prior="spike_laplace", group="layer")
+    method.finish(model)
+    _, stats = codec.encode(model.state_dict(), {}, codec.CodecSpec(other="float32"))
+    floats = sum(bits for name, bits in stats.tensors.items() if ".parametrizations.weight.0." in name)
+    assert floats == 16 * 4 * 5  # 4 float16 numbers a layer, 5 layers (25 groups a conv layer by position)
+
+
+def test_biases_as_latents_are_coded_under_their_prior_and_decode_to_the_same_outputs(tmp_path):
+    options = {"prior": "spike_laplace", "group": "layer", "biases": "latents"}
+    model = _epr_lenet(init="project", kernel="identity", **options)
+    conv = _layers(model)[0]
+    bias = conv.parametrizations.bias
+    assert isinstance(bias[0], EPRWeight) and bias.original.shape == (6,)
+    assert all(t.shape == (1,) for t in bias[0].floats())
+    with torch.no_grad():  # projected: the bias within half a step of its latent's decoding
+        assert (conv.bias - bias[0].decode(bias.original)).abs().max() <= 0.5 * bias[0].decoder_log_step.exp() + 1e-7
+    method = _train_toy(model, rate_weight=2.0, **options)
+    assert bias.original.grad is not None and bias.original.grad.abs().sum() > 0
+    with torch.no_grad():
+        chains = [m.parametrizations.weight for m in _layers(model)]
+        weights_only = sum(float(c[0].rate_bits(c.original, relaxed=False)) for c in chains)
+        assert float(rate_bits(model)) > weights_only  # the biases' bits are in the rate
+    method.finish(model)
+    model.eval()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, estimate = model(x), float(rate_bits(model))
+    stats = codec.write_file(tmp_path / "m.cnnc", model.state_dict(), {}, codec.CodecSpec(other="float32"))
+    assert stats.other_bits == 16 * 8 * 5  # no raw bias left: 8 float16 numbers a layer (weight's and bias's)
+    assert abs(stats.value_bits / estimate - 1) < 0.03, (stats.value_bits, estimate)
+    _, decoded = codec.read_file(tmp_path / "m.cnnc")
+    assert torch.equal(decoded["features.0.parametrizations.bias.original"], bias.original.detach())
+    fresh = _epr_lenet(seed=5, kernel="identity", **options)
+    build_method("epr", **options).restore(fresh, decoded)
+    fresh.load_state_dict(decoded)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), logits)
+    decoded["features.0.parametrizations.bias.original"] += 0.5
+    with pytest.raises(ValueError, match="features.0.parametrizations.bias.original: EPR latents must be integers"):
+        build_method("epr", **options).restore(fresh, decoded)

@@ -28,7 +28,7 @@ File layout (little-endian):
 
 From version 3 the header is deflated against a preset dictionary (`compression.header`); from
 version 4 a mask may be coded by its lines; from version 5 a prior may hold a point mass at 0 (a
-symbols record names its `zero` logits).
+symbols record names its `zero` logits); from version 6 the dictionary holds EPR's records too.
 
 The header holds the caller's `meta`, the spec (`compression.spec.CodecSpec`), and one record per
 tensor in state_dict order (name, shape, dtype unless float32, kind, coding parameters and how many
@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 MAGIC = b"CNNC"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 DEFAULT_DTYPE = torch.float32  # a record names its tensor's dtype only when it is another
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
@@ -247,7 +247,7 @@ def encode(
             coded[i] = plans[i].stream.encode(coder)
     words = coder.get_compressed().astype("<u4").tobytes()
     records = [p.record | ({"side": len(p.side)} if p.side else {}) for p in plans]
-    header_bytes = deflate_header(_header_json(meta, spec, records, len(words) // 4))
+    header_bytes = deflate_header(_header_json(meta, spec, records, len(words) // 4), FORMAT_VERSION)
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(p.side for p in plans)
     body += words
     data = body + _CRC.pack(zlib.crc32(body))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnncomp.compression import compress_model, masks, sparse_vd
+from cnncomp.compression import build_method, compress_model, masks, sparse_vd
 from cnncomp.compression import entropy as ent
 from cnncomp.compression.codec import (
     FORMAT_VERSION,
@@ -23,7 +23,7 @@ from cnncomp.compression.codec import (
     read_header,
     write_file,
 )
-from cnncomp.compression.header import HEADER_DICT
+from cnncomp.compression.header import EPR_DICT, HEADER_DICT
 from cnncomp.compression.kinds import tensor_kind
 from cnncomp.models import build_model
 
@@ -425,7 +425,7 @@ def test_records_spell_out_only_what_differs_and_version_1_files_still_read():
     sd["bn.num_batches_tracked"], sd["empty.bias"] = torch.tensor(3), torch.zeros(0)  # the latter: no side bytes
     data, _ = encode(sd, {"model": "lenet"}, CodecSpec())
     version, header = _frame(data)
-    assert version == FORMAT_VERSION == 5
+    assert version == FORMAT_VERSION == 6
     records = header["records"]
     assert all(("dtype" in r) == (sd[r["name"]].dtype != torch.float32) for r in records)
     assert {r["dtype"] for r in records if "dtype" in r} == {"torch.bool", "torch.int64"}
@@ -460,3 +460,25 @@ def test_version_3_deflates_the_header_against_its_dictionary_and_version_2_file
     (old_meta, old), (new_meta, new) = decode(v2), decode(data)
     assert old_meta == new_meta == meta and list(old) == list(new) == list(sd)
     assert all(torch.equal(old[k], new[k]) for k in sd)
+
+
+def test_version_6_deflates_epr_headers_against_its_records_and_version_5_files_still_read():
+    model = build_model("lenet5_caffe", num_classes=10, in_channels=1, image_size=28)
+    options = {"prior": "spike_laplace", "group": "layer", "biases": "latents"}
+    compress_model(model, kernel="identity", layers="all", keep=1.0, method="epr", init="project", **options)
+    build_method("epr", **options).finish(model)
+    method = {"init": "project", "name": "epr", "rate_weight": 6, "init_step": 0.25, **options}
+    meta = {"model_args": {"name": "lenet5_caffe", "num_classes": 10, "in_channels": 1, "image_size": 28},
+            "config": {"kernel": {"keep": 1.0, "axes": None, "name": "identity"}, "method": method}}  # fmt: skip
+    data, _ = encode(model.state_dict(), meta)
+    _, header = _frame(data)
+    n = struct.unpack_from("<4sHI", data)[2]
+    v3 = zlib.compressobj(9, zdict=HEADER_DICT)
+    v5_header = v3.compress(json.dumps(header, separators=(",", ":")).encode()) + v3.flush()
+    assert zlib.crc32(EPR_DICT) == 0xB585299B  # part of the format: a change needs a new version
+    assert len(v5_header) - n >= 80, (len(v5_header), n)  # measured 373 -> 274 bytes
+    body = struct.pack("<4sHI", b"CNNC", 5, len(v5_header)) + v5_header + data[10 + n : -4]
+    v5 = body + struct.pack("<I", zlib.crc32(body))
+    (old_meta, old), (new_meta, new) = decode(v5), decode(data)
+    assert old_meta == new_meta == meta and list(old) == list(new)
+    assert all(torch.equal(old[k], new[k]) for k in new)

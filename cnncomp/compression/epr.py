@@ -4,7 +4,7 @@ Oktay, Ballé, Singh & Shrivastava, "Scalable Model Compression by Entropy Penal
 Reparameterization", ICLR 2020. Each compressed layer stores an integer latent tensor Z of its
 weight's shape in the kernel's basis; a per-layer affine decoder gives the coefficients
 C = a ⊙ (Z + β) (the step a = exp(decoder_log_step) and the shift b = a·β shared per (kh, kw)
-frequency position of a Conv2d, one pair for a Linear) and
+frequency position of a Conv2d, or per layer with `method.group=layer`, one pair for a Linear) and
 W = C ×_a B_aᵀ (`TransformWeight`). A learned prior per decoder group, the discretized Laplace
 p(k) = F(k + ½) − F(k − ½) of scale s = exp(prior_log_scale) over the integers (`method.prior=laplace`),
 or a point mass at 0 with that Laplace on the nonzero integers (`spike_laplace`: EPR's own prior is a
@@ -13,7 +13,8 @@ what Z costs;
 training adds λ·ln 2·bits / N to the mean cross-entropy (the two-part code length per example:
 λ = 1 is the MDL/ELBO weighting). The file codes Z under that same prior (`codec`: a parametrization
 holding `prior_log_scale`, and `prior_zero_logit` for the spike, supplies its own symbols), so the
-rate trained is the rate stored.
+rate trained is the rate stored. With `method.biases=latents` a layer's bias is stored the same way
+(its own decoder and prior, one group), under the same rate.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class EPRWeight(TransformWeight):
     integer once `finish`ed. log a (`decoder_log_step`), the shift β in steps (`decoder_shift`: the
     decoder's bias is b = a·β), the prior's log scale (`prior_log_scale`) and, for the spike-and-slab
     prior, the logit of its point mass at 0 (`prior_zero_logit`) have the decoder group's shape:
-    (1, 1, kh, kw) for a Conv2d, (1, 1) for a Linear. Every parameter is in latent units or a
+    (1, 1, kh, kw) for a Conv2d by position, else all ones (one group: a Linear, a Conv2d by layer, a bias). Every parameter is in latent units or a
     log, so Adam's step (about lr per parameter, whatever its scale) means the same for all of them:
     with a itself a parameter, a step of 1e-3 on an a of 1e-2 would change the layer by 10 %."""
 

@@ -76,9 +76,10 @@ class EPRWeight(TransformWeight):
     integer once `finish`ed. log a (`decoder_log_step`), the shift β in steps (`decoder_shift`: the
     decoder's bias is b = a·β), the prior's log scale (`prior_log_scale`) and, for the spike-and-slab
     prior, the logit of its point mass at 0 (`prior_zero_logit`) have the decoder group's shape:
-    (1, 1, kh, kw) for a Conv2d by position, else all ones (one group: a Linear, a Conv2d by layer, a bias). Every parameter is in latent units or a
-    log, so Adam's step (about lr per parameter, whatever its scale) means the same for all of them:
-    with a itself a parameter, a step of 1e-3 on an a of 1e-2 would change the layer by 10 %."""
+    (1, 1, kh, kw) for a Conv2d by position, else all ones (one group: a Linear, a Conv2d by layer,
+    a bias). Every parameter is in latent units or a log, so Adam's step (about lr per parameter,
+    whatever its scale) means the same for all of them: with a itself a parameter, a step of 1e-3 on
+    an a of 1e-2 would change the layer by 10 %."""
 
     def __init__(
         self,

@@ -48,6 +48,16 @@ def _train_toy(model, steps=30, rate_weight=1.0, seed=0, **options):
     return method
 
 
+def _finish_and_write(model, method, path):
+    """Finish `model`, then (inputs, its logits, the estimated bits, the FileStats of its file at `path`)."""
+    method.finish(model)
+    model.eval()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, estimate = model(x), float(rate_bits(model))
+    return x, logits, estimate, codec.write_file(path, model.state_dict(), {}, codec.CodecSpec(other="float32"))
+
+
 def _laplace_cdf(x, s):
     return torch.where(x < 0, 0.5 * torch.exp(x / s), 1 - 0.5 * torch.exp(-x / s))
 
@@ -134,12 +144,7 @@ def test_a_layer_of_zero_latents_decodes_to_the_inverse_transformed_bias():
 def test_estimated_bits_match_the_coded_latents_and_the_file_decodes_to_the_same_outputs(tmp_path, prior):
     model = _epr_lenet(prior=prior)
     method = _train_toy(model, prior=prior)
-    method.finish(model)
-    model.eval()
-    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, estimate = model(x), float(rate_bits(model))
-    stats = codec.write_file(tmp_path / "m.cnnc", model.state_dict(), {}, codec.CodecSpec(other="float32"))
+    x, logits, estimate, stats = _finish_and_write(model, method, tmp_path / "m.cnnc")
     coded = sum(bits for name, bits in stats.tensors.items() if name.endswith(".original"))
     assert coded == stats.value_bits
     assert abs(coded / estimate - 1) < 0.03, (coded, estimate)
@@ -377,12 +382,7 @@ def test_biases_as_latents_are_coded_under_their_prior_and_decode_to_the_same_ou
         chains = [m.parametrizations.weight for m in _layers(model)]
         weights_only = sum(float(c[0].rate_bits(c.original, relaxed=False)) for c in chains)
         assert float(rate_bits(model)) > weights_only  # the biases' bits are in the rate
-    method.finish(model)
-    model.eval()
-    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, estimate = model(x), float(rate_bits(model))
-    stats = codec.write_file(tmp_path / "m.cnnc", model.state_dict(), {}, codec.CodecSpec(other="float32"))
+    x, logits, estimate, stats = _finish_and_write(model, method, tmp_path / "m.cnnc")
     assert stats.other_bits == 16 * 8 * 5  # no raw bias left: 8 float16 numbers a layer (weight's and bias's)
     assert abs(stats.value_bits / estimate - 1) < 0.03, (stats.value_bits, estimate)
     _, decoded = codec.read_file(tmp_path / "m.cnnc")

@@ -199,6 +199,29 @@ def test_baseline_is_per_model_and_other_overrides(tmp_path):
     assert delta[("alexnet", "dct", "trainer.seed=1")] == pytest.approx(-0.12)
 
 
+def test_baseline_is_the_dense_run_closest_in_overrides_not_every_dense_run(tmp_path):
+    """Single runs of the comparison protocol: the pretraining run, the dense run fine-tuned from it
+    and a compressed run fine-tuned from it; the compressed run's baseline is the fine-tuned dense
+    run's accuracy (0.915), not the mean with the pretraining run's (0.916)."""
+    pre, runs = (
+        "model.pretrained=/p/model.pt",
+        {
+            "pretrained": ("none", 0.9162, ["experiment=compare_pretrain", "trainer.lr=0.01"]),
+            "dense": ("none", 0.9150, ["experiment=compare", "trainer.lr=0.01"]),
+            "epr": ("identity", 0.9000, ["experiment=compare", "method.rate_weight=6", "trainer.distill=1.0"]),
+        },
+    )
+    for name, (kernel, acc, overrides) in runs.items():
+        r = record(kernel, "all", acc, 1.0 if kernel == "none" else 400.0)
+        r["overrides"] = ["model=lenet", f"kernel={kernel}", *overrides] + ([pre] if name != "pretrained" else [])
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(r))
+    report = analyze([tmp_path / name for name in runs])
+    by = {r["test_acc"]: r for r in report.records}
+    assert by[0.9000]["_baseline"] == pytest.approx(0.9150) and by[0.9000]["_delta"] == pytest.approx(-0.015)
+    assert by[0.9150]["_baseline"] == pytest.approx(0.9150) and by[0.9162]["_baseline"] == pytest.approx(0.9162)
+
+
 def test_report_of_a_real_sweep(tmp_path, root):
     """A real multirun through the train CLI (grid_smoke with kernel=none,dct), then the report;
     every CSV value equals the record's, and a removed record shows up as a missing cell."""

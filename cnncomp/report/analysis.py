@@ -135,11 +135,15 @@ def analyze(dirs: Sequence[str | Path]) -> Report:
 
 def _baselines(rows: list[dict]) -> None:
     """Each row's dense baseline: the mean test accuracy of the completed kernel=none cells of its
-    model and dataset that share its other overrides (any kernel=none cell when none does)."""
+    model and dataset closest in its other overrides: the most shared, then the fewest differing (its
+    seed's dense cell; the dense run fine-tuned from the row's pretrained model, not the pretraining
+    run itself)."""
     dense = [r for r in rows if r.get("kernel") == "none" and r.get("status") == "completed"]
     dense = [r for r in dense if number(r.get("test_acc"))]
     for r in rows:
-        same = [d for d in dense if d["_other"] == r["_other"]] or dense
+        mine = r["_others"].items()
+        closeness = [(len(d["_others"].items() & mine), -len(d["_others"].items() ^ mine)) for d in dense]
+        same = [d for d, c in zip(dense, closeness, strict=True) if c == max(closeness)]
         base = sum(d["test_acc"] for d in same) / len(same) if same else None
         r["_baseline"] = base
         r["_delta"] = r["test_acc"] - base if base is not None and number(r.get("test_acc")) else None

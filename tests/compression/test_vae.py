@@ -162,7 +162,7 @@ def test_a_latent_as_large_as_a_layers_block_is_refused():
         compress_module(nn.Linear(3, 2), kernel="identity", keep=1.0, method="vae", latent_dim=4)
 
 
-def test_it_trains_through_the_app_and_the_file_decodes_to_the_quantized_model(make_cfg, quick, tmp_path):
+def test_it_trains_through_the_app_and_the_file_decodes_to_the_quantized_model(make_cfg, quick, tmp_path, monkeypatch):
     cfg = make_cfg(quick + ["recipe=vae", "trainer.max_epochs=2", "method.fit_steps=20"])
     result = train(cfg, tmp_path)
     assert result["status"] == "completed", result["error"]
@@ -171,7 +171,11 @@ def test_it_trains_through_the_app_and_the_file_decodes_to_the_quantized_model(m
     assert "kl_bits" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert not any("latent_log_var" in n for n in state)
+    fitted = []  # the fit steps of every VAE fit while loading: the file's values replace a fit's
+    fit = VAEWeight.fit
+    monkeypatch.setattr(VAEWeight, "fit", lambda self, coeffs: (fitted.append(self.fit_steps), fit(self, coeffs))[1])
     model = cnncomp.load(tmp_path)
+    assert fitted == [0] * 5  # LeNet-5's five layers, none refitted
     expected = codec.quantize(state, codec.CodecSpec())
     loaded = model.state_dict()
     assert loaded.keys() == expected.keys()

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
-ENTRY_POINTS = {"cnncomp.train", "cnncomp.plan", "cnncomp.bench", "cnncomp.report", "cnncomp.export", "cnncomp.recode"}
+ENTRY_POINTS = {
+    "cnncomp.train",
+    "cnncomp.plan",
+    "cnncomp.bench",
+    "cnncomp.report",
+    "cnncomp.export",
+    "cnncomp.recode",
+    "cnncomp.breakdown",
+}
 LIBRARY = ("cnncomp.transforms", "cnncomp.compression", "cnncomp.models", "cnncomp.data", "cnncomp.training")
 METHODS = {f"cnncomp.compression.{m}" for m in ("transform", "sparse_vd", "lowrank", "frequency", "epr", "vae")}
 MAX_LINES = 450

@@ -285,6 +285,11 @@ def header_bound(meta: dict | None, spec: CodecSpec, tensors: list[tuple[str, tu
     return _PREFIX.size + n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + dict_id + _CRC.size
 
 
+def file_version(data: bytes) -> int:
+    """The format version of a file's bytes whose frame `decode` has checked."""
+    return _PREFIX.unpack_from(data)[1]
+
+
 def read_header(data: bytes) -> dict:
     """The header JSON of a file's bytes whose frame `decode` has checked (any version)."""
     _, version, header_len = _PREFIX.unpack_from(data)

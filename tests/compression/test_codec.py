@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cnncomp.breakdown import breakdown
 from cnncomp.compression import build_method, compress_model, masks, sparse_vd
 from cnncomp.compression import entropy as ent
 from cnncomp.compression.codec import (
@@ -462,7 +463,7 @@ def test_version_3_deflates_the_header_against_its_dictionary_and_version_2_file
     assert all(torch.equal(old[k], new[k]) for k in sd)
 
 
-def test_version_6_deflates_epr_headers_against_its_records_and_version_5_files_still_read():
+def test_version_6_deflates_epr_headers_against_its_records_and_version_5_files_still_read(tmp_path):
     model = build_model("lenet5_caffe", num_classes=10, in_channels=1, image_size=28)
     options = {"prior": "spike_laplace", "group": "layer", "biases": "latents"}
     compress_model(model, kernel="identity", layers="all", keep=1.0, method="epr", init="project", **options)
@@ -482,3 +483,6 @@ def test_version_6_deflates_epr_headers_against_its_records_and_version_5_files_
     (old_meta, old), (new_meta, new) = decode(v5), decode(data)
     assert old_meta == new_meta == meta and list(old) == list(new)
     assert all(torch.equal(old[k], new[k]) for k in new)
+    (tmp_path / "v5.cnnc").write_bytes(v5)  # the breakdown of a format-5 file: as format 6 writes it
+    b = breakdown(tmp_path / "v5.cnnc")
+    assert (b.version, b.file_bytes, b.identical, b.stats.total_bytes) == (5, len(v5), False, len(data))

@@ -240,7 +240,7 @@ class _Counter:
         return self.built[key]
 
     def _build(self, cfg: dict, shape: DataShape) -> Built:
-        method = run_method(cfg)
+        method = run_method(cfg, structure_only=True)
         model, _, model_args, dense = build_run_model(
             cfg, method, num_classes=shape.num_classes, in_channels=shape.in_channels, image_size=shape.image_size
         )

@@ -81,9 +81,9 @@ class Method:
     # the kept set is learned in training (sparse VD): at most ⌈keep·n⌉ of a layer's n values, the
     # count known only after training (the planner bounds the file at that budget)
     learned_kept: ClassVar[bool] = False
-    # option values `load` builds a finished model with: those that only shape training (a fit that
-    # the file's values overwrite), so that decoding a file does not redo it
-    loading_options: ClassVar[dict[str, Any]] = {}
+    # option values that build the same structure without work only training needs (a fit whose
+    # result a file's values replace): `load` and the dry run build with them
+    structure_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))

@@ -191,7 +191,7 @@ class VAE(Method):
         "fit_steps": 1000,  # Adam steps of the ELBO fit to each layer's blocks
         "kl_weight": 1.0,  # β of the end-to-end training: β·KL/N beside the mean loss
     }
-    loading_options: ClassVar[dict] = {"fit_steps": 0}
+    structure_options: ClassVar[dict] = {"fit_steps": 0}
 
     def check(self) -> None:
         for key, low in (("latent_dim", 1), ("block_size", 2), ("hidden", 0), ("fit_steps", 0)):

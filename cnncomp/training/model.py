@@ -13,15 +13,16 @@ from cnncomp.errors import ConfigError
 from cnncomp.models import build_model
 
 
-def run_method(config: dict[str, Any], *, loading: bool = False) -> Method:
+def run_method(config: dict[str, Any], *, structure_only: bool = False) -> Method:
     """The configured method with its own options (the base `Method`, whose hooks do nothing, for
-    kernel=none: the dense model); `loading`: with its `loading_options`, to decode a file."""
+    kernel=none: the dense model); `structure_only`: with its `structure_options` (decoding a file,
+    the dry run's counts)."""
     if config["kernel"]["name"] == "none":
         return Method()
     name = config["method"]["name"]
     options = {k: v for k, v in config["method"].items() if k not in ("name", "init")}
     method = build_method(name, **options)
-    return build_method(name, **options | method.loading_options) if loading else method
+    return build_method(name, **options | method.structure_options) if structure_only else method
 
 
 def compression_kwargs(config: dict[str, Any], method: Method) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def load(path: str | Path) -> torch.nn.Module:
         raise FileNotFoundError(f"cannot load {str(path)!r}: {what}; give a {MODEL_FILE} or the run dir holding one")
     meta, state = codec.read_file(file)
     config, args = meta["config"], meta["model_args"]
-    method = run_method(config, loading=True)
+    method = run_method(config, structure_only=True)
     shape = {k: args[k] for k in ("num_classes", "in_channels", "image_size")}
     model, *_ = build_run_model(config, method, **shape)
     method.restore(model, state)

@@ -11,6 +11,7 @@ import cnncomp
 from cnncomp.compression import build_method, codec, compress_model, compress_module
 from cnncomp.compression.vae import VAEWeight, block_layout, kl_divergence
 from cnncomp.models import build_model
+from cnncomp.plan import main as plan_main
 from cnncomp.train import train
 from cnncomp.transforms import basis
 
@@ -171,11 +172,12 @@ def test_it_trains_through_the_app_and_the_file_decodes_to_the_quantized_model(m
     assert "kl_bits" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert not any("latent_log_var" in n for n in state)
-    fitted = []  # the fit steps of every VAE fit while loading: the file's values replace a fit's
+    fitted = []  # the fit steps of every VAE fit: loading and the dry run need the structure, not a fit
     fit = VAEWeight.fit
     monkeypatch.setattr(VAEWeight, "fit", lambda self, coeffs: (fitted.append(self.fit_steps), fit(self, coeffs))[1])
+    assert plan_main([*quick, "recipe=vae", "method.fit_steps=20", "--no-time"]) == 0
     model = cnncomp.load(tmp_path)
-    assert fitted == [0] * 5  # LeNet-5's five layers, none refitted
+    assert fitted == [0] * 10  # LeNet-5's five layers, twice, none refitted
     expected = codec.quantize(state, codec.CodecSpec())
     loaded = model.state_dict()
     assert loaded.keys() == expected.keys()

@@ -1,8 +1,9 @@
 """Where a compressed file's bytes go: `python -m cnncomp.breakdown RUN_DIR|FILE [...]`.
 
-The file's tensors are decoded and encoded again with the codec spec its header names: the codec is
-deterministic, so a file of the current format comes back byte for byte (said, and a file of an older
-format is shown as the current format writes it). Then the file's parts (coded values, masks' index,
+The file's tensors are decoded and encoded again with the codec spec its header names, and the output
+says whether that gave the file's bytes back: the codec is deterministic, but a file of an older format
+is shown as the current format writes it, and a uniform grid's step recomputed from decoded values may
+round to a neighbouring float. Then the file's parts (coded values, masks' index,
 raw or coded biases and floats, header with count tables and coder flush) and each tensor's coded
 bits, its nonzero values and the bits each of them costs.
 """
@@ -63,7 +64,7 @@ def render(b: Breakdown) -> str:
     again = (
         "re-encoded: identical"
         if b.identical
-        else f"re-encoded in format {codec.FORMAT_VERSION}: {s.total_bytes:,} bytes, shown below"
+        else f"re-encoded in format {codec.FORMAT_VERSION}: {s.total_bytes:,} bytes, not identical; shown below"
     )
     lines = [
         f"{b.path}: {b.file_bytes:,} bytes, format {b.version} ({again})",

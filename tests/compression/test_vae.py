@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import cnncomp
-from cnncomp.compression import build_method, codec, compress_model, compress_module
+from cnncomp.compression import Stage, build_method, codec, compress_model, compress_module
 from cnncomp.compression.vae import VAEWeight, block_layout, kl_divergence
 from cnncomp.models import build_model
 from cnncomp.plan import main as plan_main
@@ -147,9 +147,39 @@ def test_finishing_rounds_the_latents_in_steps_of_sigma_without_changing_the_dec
     assert torch.equal(decoded["0.parametrizations.weight.original"], mu.detach())
 
 
+def test_the_means_stage_trains_the_network_the_file_stores():
+    """The last `mean_epochs` train without sampling, at μ on finish's grid (straight through): the
+    forward is deterministic in training, its gradient reaches μ, the KL still counts, and the
+    finished (decoded) layer gives the same weight."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 16)
+    param = _vae(layer, latent_dim=3, block_size=16, hidden=8, fit_steps=100)
+    method = build_method("vae", mean_epochs=2)
+    assert method.stages(5) == [Stage("vae", 3), Stage("means", 2)]
+    assert build_method("vae").stages(5) == [Stage("vae", 5)]
+    method.start_stage(layer, method.stages(5)[0])
+    layer.train()
+    assert not torch.equal(layer.weight, layer.weight)  # sampled latents
+    method.start_stage(layer, method.stages(5)[1])
+    mu = layer.parametrizations.weight.original
+    first, second = layer.weight, layer.weight
+    assert torch.equal(first, second)
+    with torch.no_grad():
+        expected = param.from_blocks(param.decoder(torch.round(mu / param.step()) * param.step()))
+    assert torch.allclose(first, expected, atol=1e-6)
+    (first.square().sum() + method.penalty(layer, stage=method.stages(5)[1], epoch=4, num_train=10)()).backward()
+    assert mu.grad is not None and mu.grad.abs().sum() > 0
+    method.finish(layer)
+    with torch.no_grad():
+        assert torch.allclose(layer.weight, first.detach(), atol=1e-5)
+    with pytest.raises(ValueError, match="mean_epochs=5 leaves no epoch with sampled latents"):
+        build_method("vae", mean_epochs=5).stages(5)
+
+
 @pytest.mark.parametrize(
     "bad",
     [{"latent_dim": 0}, {"latent_dim": 2.5}, {"block_size": 4, "latent_dim": 4}, {"hidden": -1}, {"fit_steps": True},
+     {"mean_epochs": -1},
      {"kl_weight": -1.0}, {"kl_weight": float("nan")}],
 )  # fmt: skip
 def test_bad_options_name_the_value(bad):
@@ -163,8 +193,12 @@ def test_a_latent_as_large_as_a_layers_block_is_refused():
         compress_module(nn.Linear(3, 2), kernel="identity", keep=1.0, method="vae", latent_dim=4)
 
 
-def test_it_trains_through_the_app_and_the_file_decodes_to_the_quantized_model(make_cfg, quick, tmp_path, monkeypatch):
-    cfg = make_cfg(quick + ["recipe=vae", "trainer.max_epochs=2", "method.fit_steps=20"])
+@pytest.mark.parametrize("mean_epochs", [0, 1])
+def test_it_trains_through_the_app_and_the_file_decodes_to_the_quantized_model(
+    make_cfg, quick, tmp_path, monkeypatch, mean_epochs
+):
+    options = ["recipe=vae", "trainer.max_epochs=2", "method.fit_steps=20", f"method.mean_epochs={mean_epochs}"]
+    cfg = make_cfg(quick + options)
     result = train(cfg, tmp_path)
     assert result["status"] == "completed", result["error"]
     assert result["method"] == "vae"

@@ -3,9 +3,9 @@
 The file's tensors are decoded and encoded again with the codec spec its header names, and the output
 says whether that gave the file's bytes back: the codec is deterministic, but a file of an older format
 is shown as the current format writes it, and a uniform grid's step recomputed from decoded values may
-round to a neighbouring float. Then the file's parts (coded values, masks' index,
-raw or coded biases and floats, header with count tables and coder flush) and each tensor's coded
-bits, its nonzero values and the bits each of them costs.
+round to a neighbouring float. Then the file's parts (coded values, masks' index, raw or coded biases
+and floats, header with count tables and coder flush) and each tensor's coded bits, its nonzero values
+and the bits each of them costs.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def render(b: Breakdown) -> str:
                 ("other", s.other_bits),
                 ("header, tables and flush", s.header_bits),
             )
-        ),  # fmt: skip
+        ),
     ]
     width = max((len(t.name) for t in b.tensors), default=6)
     lines.append(

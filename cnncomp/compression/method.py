@@ -179,6 +179,14 @@ def compressible(module: nn.Module) -> str | None:
     return None
 
 
+def with_trailing_stage(first: str, last: str, epochs: int, max_epochs: int, option: str, what: str) -> list[Stage]:
+    """[Stage(first, max_epochs − epochs), Stage(last, epochs)], the last left out at 0 epochs; a
+    ValueError naming `option` when it leaves the first stage no epoch (`what`: that epoch, in words)."""
+    if epochs >= max_epochs:
+        raise ValueError(f"{option}={epochs} leaves no {what}: it must be below max_epochs={max_epochs}")
+    return [Stage(first, max_epochs - epochs)] + ([Stage(last, epochs)] if epochs else [])
+
+
 def layers_stored_by(model: nn.Module, cls: type[nn.Module]):
     """(module, parametrization, original) of every layer of `model` whose weight's first
     parametrization is a `cls`: a method's hooks walk its own layers with it."""

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
-from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
+from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method, with_trailing_stage
 
 # -KL(q ‖ p) ≈ k1·σ(k2 + k3·log α) − ½·log(1 + 1/α) − k1 (Molchanov et al. 2017, eq. 14)
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -262,13 +262,9 @@ class SparseVD(Method):
         return param, axes, notes + [f"sparse VD: drops log alpha >= {self.threshold:g}, keeps at most {param.budget}"]
 
     def stages(self, max_epochs: int) -> list[Stage]:
-        if self.finetune_epochs >= max_epochs:
-            raise ValueError(
-                f"finetune_epochs={self.finetune_epochs} leaves no sparse VD epoch: it must be below "
-                f"max_epochs={max_epochs}"
-            )
-        learn = [Stage("sparse_vd", max_epochs - self.finetune_epochs)]
-        return learn + ([Stage("finetune", self.finetune_epochs)] if self.finetune_epochs else [])
+        return with_trailing_stage(
+            "sparse_vd", "finetune", self.finetune_epochs, max_epochs, "finetune_epochs", "sparse VD epoch"
+        )
 
     def start_stage(self, model: nn.Module, stage: Stage) -> None:
         if stage.name == "finetune":

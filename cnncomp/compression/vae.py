@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnncomp.compression.coefficients import TransformWeight, transform_bases
-from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method
+from cnncomp.compression.method import Method, Stage, layers_stored_by, register_method, with_trailing_stage
 
 FIT_BATCH = 1024  # blocks per ELBO step
 FIT_LR = 3e-3
@@ -230,13 +230,9 @@ class VAE(Method):
         return param, axes, notes + [f"VAE: {what} {param.stored() - param.num_blocks * self.latent_dim} values"]
 
     def stages(self, max_epochs: int) -> list[Stage]:
-        if self.mean_epochs >= max_epochs:
-            raise ValueError(
-                f"mean_epochs={self.mean_epochs} leaves no epoch with sampled latents: it must be below "
-                f"max_epochs={max_epochs}"
-            )
-        means = [Stage(MEANS, self.mean_epochs)] if self.mean_epochs else []
-        return [Stage("vae", max_epochs - self.mean_epochs), *means]
+        return with_trailing_stage(
+            "vae", MEANS, self.mean_epochs, max_epochs, "mean_epochs", "epoch with sampled latents"
+        )
 
     def start_stage(self, model: nn.Module, stage: Stage) -> None:
         for _, param, _ in layers_stored_by(model, VAEWeight):
